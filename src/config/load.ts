@@ -1,0 +1,41 @@
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { ConfigError } from './errors.js';
+import { validateCluster } from './define.js';
+import type { ClusterConfig } from './schema.js';
+
+/**
+ * Loads a config module (`.js`, `.mjs`, or `.ts` through tsx) whose default export is the
+ * cluster, and validates it. DATABASE_URL and PAMPA_CLUSTER_KEY override the file.
+ */
+export async function loadConfig(file: string): Promise<ClusterConfig> {
+  const path = resolve(file);
+  if (!existsSync(path)) {
+    throw new ConfigError(`config file ${path} does not exist; pass --config FILE`);
+  }
+
+  const mod = (await importModule(path)) as { default?: unknown };
+  if (mod.default === undefined) {
+    throw new ConfigError(`config file ${path} has no default export; export defineCluster({...})`);
+  }
+
+  const config = validateCluster(mod.default, path);
+  if (process.env.DATABASE_URL) config.databaseUrl = process.env.DATABASE_URL;
+  if (process.env.PAMPA_CLUSTER_KEY) config.mesh.clusterKey = process.env.PAMPA_CLUSTER_KEY;
+  if (!config.databaseUrl) {
+    throw new ConfigError(`no database: set databaseUrl in ${path} or the DATABASE_URL variable`);
+  }
+
+  return config;
+}
+
+async function importModule(path: string): Promise<unknown> {
+  if (/\.(ts|mts|cts)$/.test(path)) {
+    const { tsImport } = await import('tsx/esm/api');
+
+    return tsImport(pathToFileURL(path).href, import.meta.url);
+  }
+
+  return import(pathToFileURL(path).href);
+}

@@ -1,0 +1,61 @@
+import pg from 'pg';
+import type { Logger } from '../log.js';
+
+export type Pool = pg.Pool;
+export type PoolClient = pg.PoolClient;
+
+export interface PoolOptions {
+  url: string;
+  /** Shown in pg_stat_activity; the agent id, so writes can be attributed. */
+  applicationName: string;
+  max?: number;
+  log: Logger;
+}
+
+/**
+ * A pg pool that survives the server going away: errors of idle clients are logged, not
+ * thrown (pg emits them on the pool, and an unhandled 'error' event would kill the agent).
+ */
+export function createPool(options: PoolOptions): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: options.url,
+    application_name: options.applicationName.slice(0, 63),
+    max: options.max ?? 4,
+    idleTimeoutMillis: 30000,
+    connectionTimeoutMillis: 5000,
+    keepAlive: true,
+  });
+  pool.on('error', (err) => options.log.warn({ err }, 'idle database connection lost'));
+
+  return pool;
+}
+
+/** SQLSTATE classes and errno codes that mean "the connection or server went away; retry". */
+const TRANSIENT_CODES = new Set([
+  '57P01', // admin_shutdown (pg_terminate_backend, fast shutdown)
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now (starting up)
+  '08000',
+  '08003',
+  '08006',
+  '08001',
+  '08004',
+  '40001', // serialization_failure
+  '40P01', // deadlock_detected
+  '55P03', // lock_not_available
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+]);
+
+export function isTransientDbError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: string }).code;
+  if (code && TRANSIENT_CODES.has(code)) return true;
+
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|terminating connection/i.test(
+    err.message,
+  );
+}
