@@ -9,7 +9,7 @@ import {
 } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { componentLogger, type Logger } from '../log.js';
-import { Dialer } from './dialer.js';
+import { Dialer, type DialTarget } from './dialer.js';
 import {
   DROP_REASONS,
   advertTopic,
@@ -171,6 +171,11 @@ export class Mesh extends EventEmitter<MeshEvents> {
   /** Peer ids with an open connection. */
   connectedPeers(): string[] {
     return this.node ? this.node.getPeers().map((p) => p.toString()) : [];
+  }
+
+  /** Bootstrap and registry peers this node keeps dialing, with their failure counts. */
+  dialTargets(): DialTarget[] {
+    return this.dialer ? this.dialer.targets() : [];
   }
 
   stats(): MeshStats {
