@@ -139,7 +139,14 @@ export class AgentMetrics {
     return this.registry.contentType;
   }
 
-  render(): Promise<string> {
-    return this.registry.metrics();
+  /**
+   * The exposition text. prom-client 15 writes a not-a-number value as `Nan`; Prometheus reads
+   * that (Go's ParseFloat ignores case) but the format spells it `NaN`, and stricter readers
+   * want that spelling. A value is always last on its line, as no timestamps are written.
+   */
+  async render(): Promise<string> {
+    const text = await this.registry.metrics();
+
+    return text.replace(/ Nan$/gm, ' NaN');
   }
 }
