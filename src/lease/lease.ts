@@ -165,6 +165,10 @@ export class Lease extends EventEmitter<LeaseEvents> {
     this.tickTimer = null;
     const generation = this.generation;
     const startedAt = performance.now();
+    // After a pause (SIGSTOP, a blocked event loop) this tick may run before the deadline
+    // timer: a term past its deadline is never renewed back to life, it ends here.
+    if (this.held && !this.isHeld()) this.stepDown('deadline');
+
     if (this.inflight) {
       this.log.debug('previous lease call still pending; attempt skipped');
     } else if (this.held) {
@@ -215,7 +219,8 @@ export class Lease extends EventEmitter<LeaseEvents> {
     }
 
     this.held.confirmedAt = Math.max(this.held.confirmedAt, sentAt);
-    this.armDeadline();
+    if (this.isHeld()) this.armDeadline();
+    else this.stepDown('deadline');
   }
 
   /**
@@ -223,15 +228,10 @@ export class Lease extends EventEmitter<LeaseEvents> {
    * after the race was lost, so the term we may still hold is always known for resign().
    */
   private async call<T>(op: Promise<T>, learn: (value: T) => void): Promise<Outcome<T>> {
-    const observed = op.then(
-      (value) => {
-        learn(value);
-        return value;
-      },
-      (err: unknown) => {
-        throw err;
-      },
-    );
+    const observed = op.then((value) => {
+      learn(value);
+      return value;
+    });
     this.inflight = observed.then(
       () => undefined,
       () => undefined,

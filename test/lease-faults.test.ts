@@ -1,0 +1,245 @@
+import assert from 'node:assert/strict';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import type pg from 'pg';
+import { pino } from 'pino';
+import { migrate } from '../src/db/migrations.js';
+import { createPool } from '../src/db/pool.js';
+import {
+  fenceParams,
+  fenceSql,
+  Lease,
+  leasesTable,
+  readLease,
+  type LeaseOptions,
+  type LeaseToken,
+} from '../src/lease/index.js';
+import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+
+const SCHEMA = 'pampa';
+const silent = pino({ level: 'silent' });
+
+async function waitFor(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/**
+ * A TCP proxy in front of PostgreSQL that can be told to stall: from then on it forwards
+ * nothing in either direction and accepts new connections without ever answering, like a
+ * server behind a partition that drops packets.
+ */
+class StallingProxy {
+  private readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+  private readonly pairs: { client: Socket; upstream: Socket }[] = [];
+  private stalled = false;
+
+  constructor(private readonly target: { host: string; port: number }) {
+    this.server = createServer((client) => this.accept(client));
+  }
+
+  async listen(): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    const address = this.server.address();
+    assert.ok(address && typeof address === 'object');
+
+    return address.port;
+  }
+
+  stall(): void {
+    this.stalled = true;
+    for (const { client, upstream } of this.pairs) {
+      client.unpipe(upstream);
+      upstream.unpipe(client);
+      client.pause();
+      upstream.pause();
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+
+  private accept(client: Socket): void {
+    this.track(client);
+    if (this.stalled) return;
+
+    const upstream = connect(this.target.port, this.target.host);
+    this.track(upstream);
+    upstream.on('close', () => client.destroy());
+    client.on('close', () => upstream.destroy());
+    client.pipe(upstream);
+    upstream.pipe(client);
+    this.pairs.push({ client, upstream });
+  }
+
+  private track(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('close', () => this.sockets.delete(socket));
+  }
+}
+
+function fencedWrite(pool: pg.Pool, token: LeaseToken, id: number): Promise<pg.QueryResult> {
+  return pool.query(
+    `UPDATE fenced_tasks SET rsv_by = $1 WHERE id = $2
+       AND EXISTS (${fenceSql(leasesTable(SCHEMA), 3)})`,
+    [token.holder, id, ...fenceParams(token)],
+  );
+}
+
+describe('Lease under faults', () => {
+  let db: TestDatabase;
+  const cleanups: (() => Promise<unknown>)[] = [];
+
+  function makeLease(options: Partial<LeaseOptions> & { holder: string; cluster: string }): Lease {
+    const lease = new Lease({
+      pool: db.pool,
+      schema: SCHEMA,
+      ttlMs: 1500,
+      renewIntervalMs: 100,
+      renewDeadlineMs: 800,
+      log: silent,
+      ...options,
+    });
+    cleanups.push(() => lease.stop());
+
+    return lease;
+  }
+
+  before(async () => {
+    db = await createTestDatabase();
+    await migrate(db.pool, SCHEMA);
+    await db.pool.query('CREATE TABLE fenced_tasks (id int PRIMARY KEY, rsv_by text)');
+    await db.pool.query('INSERT INTO fenced_tasks SELECT g, NULL FROM generate_series(1, 10) g');
+  });
+  after(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+    await db.drop();
+  });
+
+  test('a holder whose database calls hang steps down at the deadline; its token is fenced', async () => {
+    const cluster = 'hang';
+    const url = new URL(db.url);
+    const proxy = new StallingProxy({ host: url.hostname, port: Number(url.port) });
+    url.port = String(await proxy.listen());
+    const stalledPool = createPool({
+      url: url.toString(),
+      applicationName: 'lease-stalled',
+      log: silent,
+    });
+    cleanups.push(async () => {
+      await proxy.close();
+      await stalledPool.end();
+    });
+    const a = makeLease({ holder: 'a', cluster, pool: stalledPool });
+    const b = makeLease({ holder: 'b', cluster });
+    const order: string[] = [];
+    a.on('stepped-down', (epoch, reason) => order.push(`a down ${epoch} ${reason}`));
+    b.on('elected', (epoch) => order.push(`b elected ${epoch}`));
+
+    await a.start();
+    await b.start();
+    const stale = a.token();
+    assert.deepEqual(stale, { cluster, holder: 'a', epoch: 1 });
+    assert.equal((await fencedWrite(db.pool, stale, 1)).rowCount, 1);
+
+    proxy.stall();
+    await waitFor('a to step down', () => !a.isHeld(), 5_000);
+    assert.equal(a.token(), null);
+    await waitFor('b elected', () => b.isHeld());
+    assert.deepEqual(order, ['a down 1 deadline', 'b elected 2']);
+
+    assert.equal((await fencedWrite(db.pool, stale, 2)).rowCount, 0, 'stale token is fenced');
+    const current = b.token();
+    assert.ok(current);
+    assert.equal((await fencedWrite(db.pool, current, 2)).rowCount, 1);
+
+    // stop() must not hang on the stalled pool, and its resign cannot hurt b.
+    await a.stop();
+    assert.equal(b.isHeld(), true);
+    assert.equal((await readLease(db.pool, SCHEMA, cluster))?.holder, 'b');
+    assert.ok(a.status().errors > 0);
+  });
+
+  test('a paused process is not the holder the moment it resumes, and re-elects with a new epoch', async () => {
+    const cluster = 'pause';
+    const a = makeLease({ holder: 'a', cluster });
+    const events: string[] = [];
+    a.on('elected', (epoch) => events.push(`elected ${epoch}`));
+    a.on('stepped-down', (epoch, reason) => events.push(`down ${epoch} ${reason}`));
+    await a.start();
+    const prepared = a.token();
+    assert.equal(prepared?.epoch, 1);
+
+    // Block the event loop past the deadline (but not the TTL): no timer can run meanwhile.
+    const until = performance.now() + 800 + 100;
+    while (performance.now() < until) {
+      // busy wait, like a SIGSTOP or a long GC pause
+    }
+    assert.equal(a.isHeld(), false);
+    assert.equal(a.token(), null);
+
+    await waitFor('a re-elected', () => a.isHeld());
+    assert.deepEqual(events, ['elected 1', 'down 1 deadline', 'elected 2']);
+    assert.equal((await fencedWrite(db.pool, prepared, 3)).rowCount, 0, 'prepared write fenced');
+  });
+
+  test('backends killed again and again: nothing throws, and someone holds the lease after', async () => {
+    const cluster = 'terminate';
+    const problems: unknown[] = [];
+    const onProblem = (err: unknown): void => {
+      problems.push(err);
+    };
+    process.on('unhandledRejection', onProblem);
+    process.on('uncaughtException', onProblem);
+    cleanups.push(async () => {
+      process.off('unhandledRejection', onProblem);
+      process.off('uncaughtException', onProblem);
+    });
+
+    const leases = ['x', 'y', 'z'].map((holder) => {
+      const pool = createPool({
+        url: db.url,
+        applicationName: `agent-lease-${holder}`,
+        log: silent,
+      });
+      cleanups.push(() => pool.end());
+
+      return makeLease({ holder, cluster, pool, ttlMs: 1000, renewDeadlineMs: 600 });
+    });
+    await Promise.all(leases.map((l) => l.start()));
+
+    let terminated = 0;
+    let maxHolders = 0;
+    const until = Date.now() + 3_000;
+    while (Date.now() < until) {
+      const result = await db.pool.query<{ ok: boolean }>(
+        `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
+          WHERE application_name LIKE 'agent-lease-%'`,
+      );
+      terminated += result.rows.filter((r) => r.ok).length;
+      maxHolders = Math.max(maxHolders, leases.filter((l) => l.isHeld()).length);
+      await new Promise((resolve) => setTimeout(resolve, 20 + Math.random() * 150));
+    }
+
+    assert.ok(terminated > 0, 'some backends were terminated');
+    assert.ok(maxHolders <= 1, `at most one holder at a time, saw ${maxHolders}`);
+    await waitFor('exactly one holder', () => leases.filter((l) => l.isHeld()).length === 1);
+    const holder = leases.find((l) => l.isHeld());
+    const row = await readLease(db.pool, SCHEMA, cluster);
+    assert.equal(row?.holder, holder?.token()?.holder);
+    assert.equal(row?.epoch, holder?.token()?.epoch);
+    assert.deepEqual(problems, []);
+  });
+});
