@@ -25,7 +25,12 @@ export function createPool(options: PoolOptions): pg.Pool {
     connectionTimeoutMillis: 5000,
     keepAlive: true,
   });
-  pool.on('error', (err) => options.log.warn({ err }, 'idle database connection lost'));
+  pool.on('error', (err) =>
+    options.log.warn(
+      { err: { message: err.message, code: (err as { code?: string }).code } },
+      'idle database connection lost',
+    ),
+  );
 
   return pool;
 }

@@ -9,6 +9,9 @@ export const STATUS_UNREACHABLE_EXIT_CODE = 2;
 /** Redraw period of `--watch` (ms). */
 const WATCH_INTERVAL_MS = 1000;
 
+/** Where the commands print: stdout, or any stream (a TTY gets the live view). */
+export type Output = NodeJS.WritableStream & { isTTY?: boolean };
+
 export interface StatusCommandOptions {
   /** Status address of any agent, e.g. http://127.0.0.1:8787. */
   url: string;
@@ -17,14 +20,14 @@ export interface StatusCommandOptions {
   watch?: boolean;
   /** Print the raw ClusterStatus JSON (one line per second with `watch`). */
   json?: boolean;
-  out?: NodeJS.WriteStream;
+  out?: Output;
   signal?: AbortSignal;
 }
 
 export interface WorkersCommandOptions {
   url: string;
   token?: string;
-  out?: NodeJS.WriteStream;
+  out?: Output;
 }
 
 function errorText(err: unknown): string {

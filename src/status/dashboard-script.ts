@@ -41,7 +41,7 @@ export const DASHBOARD_SCRIPT = String.raw`
     set('cluster', s.cluster);
     set('self', s.self.node + ' (' + s.role + ', v' + s.self.version + ')');
     $('db').replaceChildren(badge('db ' + s.db, s.db === 'ok' ? 'ok' : 'bad'));
-    set('mesh', s.meshSize + ' in mesh, ' + s.peers + ' peers');
+    set('mesh', s.meshSize + ' in mesh, ' + s.peers + (s.peers === 1 ? ' peer' : ' peers'));
     var d = s.dispatcher;
     set('lease-holder', d.holder ? d.holder + (d.holderNode ? ' on ' + d.holderNode : '') : 'none');
     set('lease-epoch', String(d.epoch));
@@ -62,7 +62,8 @@ export const DASHBOARD_SCRIPT = String.raw`
       }, [ok, bad]);
       var counts = done + ' / ' + j.total + ' (' + pct.toFixed(1) + '%) \u00b7 ' +
         j.completed + ' done \u00b7 ' + j.failed + ' failed \u00b7 ' + j.running +
-        ' running \u00b7 ' + j.pending + ' pending \u00b7 ' + j.tasksPerSecond.toFixed(1) + ' tasks/s';
+        ' running \u00b7 ' + j.pending + ' pending \u00b7 ' +
+        j.tasksPerSecond.toFixed(1) + ' tasks/s';
       return el('div', { class: 'job', 'data-job': j.name }, [
         el('div', { class: 'job-head' }, [
           el('strong', {}, [j.name]), el('span', { class: 'muted' }, [' ' + j.table]),
@@ -71,7 +72,8 @@ export const DASHBOARD_SCRIPT = String.raw`
         el('div', { class: 'counts' }, [counts]),
       ]);
     });
-    $('jobs').replaceChildren.apply($('jobs'), rows.length ? rows : [el('p', { class: 'muted' }, ['no jobs'])]);
+    if (rows.length === 0) rows.push(el('p', { class: 'muted' }, ['no jobs']));
+    $('jobs').replaceChildren.apply($('jobs'), rows);
   }
 
   function renderNodes(s, now) {
@@ -118,8 +120,12 @@ export const DASHBOARD_SCRIPT = String.raw`
   function tick() {
     fetch('status', { headers: headers, cache: 'no-store' })
       .then(function (r) {
-        if (r.status === 401) throw new Error('unauthorized: open this page with ?token=<status.token>');
-        if (!r.ok) return r.json().then(function (b) { throw new Error(b.error || 'HTTP ' + r.status); });
+        if (r.status === 401) {
+          throw new Error('unauthorized: open this page with ?token=<status.token>');
+        }
+        if (!r.ok) {
+          return r.json().then(function (b) { throw new Error(b.error || 'HTTP ' + r.status); });
+        }
         return r.json();
       })
       .then(render)

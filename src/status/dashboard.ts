@@ -23,7 +23,7 @@ table { width: 100%; border-collapse: collapse; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
   white-space: nowrap; }
 th { font-weight: 600; color: var(--muted); font-size: 12px; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th.num, td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .mono { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; }
 .muted { color: var(--muted); }
 .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px;
@@ -81,8 +81,9 @@ export const DASHBOARD_HTML = `<!doctype html>
   </section>
   <section class="wide">
     <h2>Workers</h2>
-    <table><thead><tr><th>id</th><th>job</th><th>state</th><th>queued</th><th>done</th>
-      <th>failed</th><th>last activity</th></tr></thead><tbody id="workers"></tbody></table>
+    <table><thead><tr><th>id</th><th>job</th><th>state</th><th class="num">queued</th>
+      <th class="num">done</th><th class="num">failed</th><th>last activity</th></tr></thead>
+      <tbody id="workers"></tbody></table>
   </section>
 </main>
 <script>${DASHBOARD_SCRIPT}</script>

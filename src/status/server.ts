@@ -87,8 +87,9 @@ export class StatusServer {
     }
     if (token === undefined && !isLoopbackHost(host)) {
       throw new ConfigError(
-        `status.host is "${host}", which other machines can reach, but status.token is not set: ` +
-          `set status.token (at least ${TOKEN_MIN_LENGTH} characters) or bind status.host to 127.0.0.1`,
+        `status.host is "${host}", which other machines can reach, but status.token is not ` +
+          `set: set status.token (at least ${TOKEN_MIN_LENGTH} characters) or bind ` +
+          'status.host to 127.0.0.1',
       );
     }
   }

@@ -4,7 +4,8 @@ import type { ClusterStatus } from './types.js';
 
 /**
  * Calls `tick` `intervalMs` after the start and after each previous call settled, until SIGINT
- * or `signal` aborts; resolves then. The SIGINT listener replaces Node's default exit only while it runs.
+ * or `signal` aborts; resolves then. The SIGINT listener replaces Node's default exit only
+ * while it runs.
  */
 export function repeatUntilInterrupted(
   tick: () => Promise<void>,
@@ -46,7 +47,7 @@ export class WatchView {
   private jobBars = new Map<string, SingleBar>();
   private shape = '';
 
-  constructor(private readonly stream: NodeJS.WriteStream) {}
+  constructor(private readonly stream: NodeJS.WritableStream) {}
 
   draw(s: ClusterStatus, note: string): void {
     const text = [...formatSummary(s), '', ...formatNodes(s), '', ...formatWorkers(s), '', note];

@@ -1,0 +1,271 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type pg from 'pg';
+import type { ClusterConfig } from '../src/config/schema.js';
+import { migrate } from '../src/db/migrations.js';
+import { createPool, isTransientDbError } from '../src/db/pool.js';
+import { inspectJobTable, type JobTable } from '../src/db/table.js';
+import { Dispatcher } from '../src/dispatch/dispatcher.js';
+import { releaseTasks } from '../src/dispatch/release.js';
+import { Lease } from '../src/lease/lease.js';
+import type { Logger } from '../src/log.js';
+import { AgentMetrics } from '../src/status/metrics.js';
+import { StatusServer } from '../src/status/server.js';
+import { VERSION } from '../src/version.js';
+import { WorkerPool } from '../src/worker/pool.js';
+import { buildStatus, JobRates } from './status.js';
+import { ClusterView } from './cluster-view.js';
+import { NewTaskListener } from './listener.js';
+
+export interface AgentOptions {
+  configPath: string;
+  config: ClusterConfig;
+  /** Node name; default: the host name. */
+  node?: string;
+  /** Worker processes; default: the node's maxWorkers in the config. */
+  workers?: number;
+  listen?: string[];
+  httpPort?: number;
+  httpHost?: string;
+  log: Logger;
+}
+
+/**
+ * One agent per node: its workers, its place in the mesh, its bid for the dispatcher lease,
+ * and its status port. start() undoes what it started if it fails; stop() drains.
+ */
+export class Agent {
+  readonly node: string;
+  readonly agentId: string;
+  readonly log: Logger;
+  readonly metrics = new AgentMetrics();
+  private readonly config: ClusterConfig;
+  private db!: pg.Pool;
+  private tables = new Map<string, JobTable>();
+  private pool!: WorkerPool;
+  private lease!: Lease;
+  private dispatcher!: Dispatcher;
+  private listener!: NewTaskListener;
+  private view!: ClusterView;
+  private status!: StatusServer;
+  private statusUrl: string | null = null;
+  private draining = false;
+  private stopping: Promise<void> | undefined;
+  private readonly rates = new JobRates();
+  private readonly started: (() => Promise<void>)[] = [];
+
+  constructor(private readonly o: AgentOptions) {
+    this.config = o.config;
+    this.node = o.node ?? (hostname().replace(/[^A-Za-z0-9_-]/g, '-') || 'node');
+    this.agentId = `${this.node}-${randomBytes(3).toString('hex')}`;
+    this.log = o.log.child({ node: this.node, agent: this.agentId });
+  }
+
+  workerCount(): number {
+    return this.o.workers ?? this.config.nodes.find((n) => n.name === this.node)?.maxWorkers ?? 2;
+  }
+
+  async start(): Promise<{ statusUrl: string | null }> {
+    try {
+      await this.startParts();
+    } catch (err) {
+      for (const undo of this.started.reverse()) await undo().catch(() => undefined);
+      throw err;
+    }
+    this.log.info({ workers: this.pool.ids().length, statusUrl: this.statusUrl, version: VERSION }, 'agent started');
+
+    return { statusUrl: this.statusUrl };
+  }
+
+  private async startParts(): Promise<void> {
+    const c = this.config;
+    const url = c.databaseUrl!;
+    this.db = createPool({ url, applicationName: this.agentId, max: 6, log: this.log.child({ component: 'db' }) });
+    this.started.push(() => this.db.end());
+
+    await migrate(this.db, c.schema);
+    for (const job of c.jobs) this.tables.set(job.name, await inspectJobTable(this.db, job));
+
+    const jobs = c.jobs.map((j) => j.name);
+    const count = this.workerCount();
+    const workerIds = Array.from({ length: count }, (_, i) => `${this.node}.${i + 1}`);
+    // Tasks still held by this node's worker ids belong to a previous run of this node.
+    for (const table of this.tables.values()) {
+      const r = await releaseTasks(this.db, table, {
+        reason: 'worker lost: its agent restarted',
+        workers: workerIds,
+      });
+      if (r.requeued + r.closed > 0) this.log.info({ job: table.job.name, ...r }, 'tasks of a previous run released');
+    }
+
+    this.lease = new Lease({
+      pool: this.db,
+      schema: c.schema,
+      cluster: c.name,
+      holder: this.agentId,
+      ttlMs: c.lease.ttlMs,
+      renewIntervalMs: c.lease.renewIntervalMs,
+      renewDeadlineMs: c.lease.renewDeadlineMs,
+      log: this.log.child({ component: 'lease' }),
+    });
+    this.lease.on('elected', (epoch) => {
+      this.metrics.leaseChanged();
+      this.metrics.setDispatcher(true, epoch);
+      this.dispatcher.kick();
+      void this.view?.advertise(true);
+    });
+    this.lease.on('stepped-down', (epoch) => {
+      this.metrics.setDispatcher(false, epoch);
+      void this.view?.advertise(true);
+    });
+
+    this.pool = new WorkerPool({
+      configPath: this.o.configPath,
+      databaseUrl: url,
+      agentId: this.agentId,
+      node: this.node,
+      count,
+      jobFor: (n) => jobs[(n - 1) % jobs.length],
+      tables: this.tables,
+      db: this.db,
+      pollMs: c.workerPollMs,
+      log: this.log.child({ component: 'workers' }),
+      onCapacity: () => {
+        this.dispatcher?.kick();
+        void this.view?.advertise(false);
+      },
+      onActivity: (e) => {
+        if (e.kind === 'started') this.metrics.tasksStarted(e.job, e.n);
+        if (e.kind === 'succeeded') this.metrics.tasksSucceeded(e.job, e.n);
+        if (e.kind === 'failed') this.metrics.tasksFailed(e.job, e.n);
+      },
+    });
+
+    this.dispatcher = new Dispatcher({
+      db: this.db,
+      schema: c.schema,
+      tables: this.tables,
+      token: () => this.lease.token(),
+      workers: () => [
+        ...(this.draining ? [] : this.pool.states().map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }))),
+        ...this.view.remoteWorkers(),
+      ],
+      deadWorkers: () => this.view.deadWorkers(),
+      onReserved: (_job, given, epoch) => {
+        this.pool.wake(given.keys());
+        void this.view.publishAssignment(epoch, given);
+      },
+      onRelaunched: (job, reason, n) => this.metrics.tasksRelaunched(job, reason, n),
+      onRound: (job, seconds) => this.metrics.observeReservation(job, seconds),
+      intervalMs: c.dispatchIntervalMs,
+      relaunchScanMs: c.relaunchScanMs,
+      log: this.log.child({ component: 'dispatcher' }),
+    });
+
+    this.view = new ClusterView({
+      config: c,
+      db: this.db,
+      node: this.node,
+      agentId: this.agentId,
+      version: VERSION,
+      listen: this.o.listen ?? c.nodes.find((n) => n.name === this.node)?.listen ?? c.mesh.listen,
+      log: this.log,
+      localWorkers: () => this.localAdverts(),
+      lease: () => {
+        const s = this.lease.status();
+        return { holder: s.holder, epoch: s.epoch, isHolder: s.isHolder };
+      },
+      statusUrl: () => this.statusUrl,
+      draining: () => this.draining,
+      onAssignment: (ids) => this.pool.wake(ids),
+      onChange: () => this.dispatcher.kick(),
+      onDropped: (reason) => this.metrics.gossipDropped(reason),
+    });
+
+    const st = c.status;
+    const port = this.o.httpPort ?? c.nodes.find((n) => n.name === this.node)?.statusPort ?? st.port;
+    this.status = new StatusServer({
+      host: this.o.httpHost ?? st.host,
+      port,
+      token: st.token,
+      log: this.log,
+      metrics: this.metrics,
+      status: () => this.clusterStatus(),
+      healthy: () => (this.view.dbHealthy ? { ok: true } : { ok: false, reason: 'database unreachable' }),
+    });
+    this.statusUrl = (await this.status.start()).url;
+    this.started.push(() => this.status.stop());
+
+    await this.view.start();
+    this.started.push(() => this.view.stop());
+
+    this.pool.start();
+    this.started.push(async () => this.pool.stop());
+    await this.lease.start();
+    this.started.push(() => this.lease.stop());
+    this.dispatcher.start();
+    this.started.push(() => this.dispatcher.stop());
+
+    this.listener = new NewTaskListener(url, `${this.agentId}/listen`, () => this.dispatcher.kick(), this.log);
+    this.listener.start();
+    this.started.push(() => this.listener.stop());
+  }
+
+  private localAdverts() {
+    const queueOf = (job: string) => this.tables.get(job)?.job.queueSize ?? 0;
+
+    return this.pool.states().map((w) => ({
+      id: w.id,
+      job: w.job,
+      freeSlots: this.draining || w.pid === null ? 0 : queueOf(w.job),
+      queued: 0,
+      busy: w.busy,
+      lastActivityAt: w.lastActivityAt,
+      done: w.done,
+      failed: w.failed,
+    }));
+  }
+
+  private async clusterStatus() {
+    return buildStatus({
+      config: this.config,
+      db: this.db,
+      tables: this.tables,
+      node: this.node,
+      agentId: this.agentId,
+      peerId: this.view.mesh.started ? this.view.mesh.peerId : null,
+      lease: this.lease.status(),
+      view: this.view,
+      local: this.localAdverts(),
+      dbHealthy: this.view.dbHealthy,
+      rates: this.rates,
+    });
+  }
+
+  /**
+   * SIGTERM: adverts drop to zero free slots, the lease is given up so another agent
+   * dispatches at once, queued tasks go back, running ones get shutdownGraceMs, then the
+   * node is marked stopped and the pool closed — only after the release writes committed.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.log.info({ graceMs: this.config.shutdownGraceMs }, 'agent stopping');
+    this.draining = true;
+    await this.view?.advertise(true).catch(() => undefined);
+    await this.dispatcher?.stop();
+    await this.lease?.stop();
+    await this.listener?.stop();
+    await this.pool?.drain(this.config.shutdownGraceMs);
+    await this.view?.stop().catch(() => undefined);
+    await this.status?.stop();
+    await this.db?.end().catch((err) => {
+      if (!isTransientDbError(err)) this.log.warn({ err }, 'pool close failed');
+    });
+    this.log.info('agent stopped');
+  }
+}

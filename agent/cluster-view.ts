@@ -1,0 +1,211 @@
+import type { ClusterConfig } from '../src/config/schema.js';
+import type { EligibleWorker } from '../src/dispatch/dispatcher.js';
+import type { Logger } from '../src/log.js';
+import { Membership } from '../src/mesh/membership.js';
+import { Mesh } from '../src/mesh/mesh.js';
+import { NodeRegistry, type NodeRecord } from '../src/mesh/registry.js';
+import type { AssignmentMessage, CapacityAdvert, WorkerAdvert } from '../src/mesh/types.js';
+import type pg from 'pg';
+
+export interface ClusterViewOptions {
+  config: ClusterConfig;
+  db: pg.Pool;
+  node: string;
+  agentId: string;
+  version: string;
+  listen: string[];
+  log: Logger;
+  /** This agent's workers as it would advertise them. */
+  localWorkers: () => WorkerAdvert[];
+  lease: () => CapacityAdvert['lease'];
+  statusUrl: () => string | null;
+  draining: () => boolean;
+  /** Workers of this node that received tasks from a remote dispatcher. */
+  onAssignment: (workers: string[]) => void;
+  /** A change a dispatcher may act on at once (an advert with free slots, a node death). */
+  onChange: () => void;
+  onDropped?: (reason: string) => void;
+}
+
+/**
+ * The agent's view of the cluster: its libp2p mesh (adverts, assignments), membership (alive,
+ * suspect, dead) and the node registry (heartbeats, addresses for discovery). Gossip decides
+ * where to dispatch; the registry decides who is dead and must have its tasks relaunched.
+ */
+export class ClusterView {
+  readonly mesh: Mesh;
+  readonly membership: Membership;
+  private readonly registry: NodeRegistry;
+  private seq = 0;
+  private advertTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private records: NodeRecord[] = [];
+  private lastAdvertKey = '';
+  private dbOk = true;
+  private readonly dead = new Set<string>();
+
+  constructor(private readonly o: ClusterViewOptions) {
+    const m = o.config.mesh;
+    this.mesh = new Mesh({
+      cluster: o.config.name,
+      listen: o.listen,
+      bootstrap: m.bootstrap,
+      clusterKey: m.clusterKey,
+      log: o.log.child({ component: 'mesh' }),
+    });
+    this.membership = new Membership({ advertTtlMs: m.advertTtlMs, nodeDeadAfterMs: m.nodeDeadAfterMs });
+    this.registry = new NodeRegistry(o.db, o.config.schema);
+    this.mesh.on('advert', (a) => {
+      if (a.node === o.node && a.agentId === o.agentId) return;
+      const verdict = this.membership.observeAdvert(a);
+      if (verdict === 'stale') o.onDropped?.('stale');
+      else if (a.workers.some((w) => w.freeSlots > 0)) o.onChange();
+    });
+    this.mesh.on('assignment', (msg: AssignmentMessage) => {
+      const mine = msg.workers.filter((w) => w.id.startsWith(`${o.node}.`)).map((w) => w.id);
+      if (mine.length > 0) o.onAssignment(mine);
+    });
+    this.mesh.on('peer:connect', (p) => this.membership.peerConnected(p));
+    this.mesh.on('peer:disconnect', (p) => this.membership.peerDisconnected(p));
+  }
+
+  get dbHealthy(): boolean {
+    return this.dbOk;
+  }
+
+  async start(): Promise<void> {
+    await this.mesh.start();
+    await this.registry.upsertNode(this.registration());
+    await this.refreshRegistry();
+    const m = this.o.config.mesh;
+    this.advertTimer = setInterval(() => void this.advertise(true), m.advertIntervalMs);
+    this.heartbeatTimer = setInterval(() => void this.heartbeat(), m.heartbeatIntervalMs);
+    void this.advertise(true);
+  }
+
+  private registration() {
+    return {
+      cluster: this.o.config.name,
+      name: this.o.node,
+      agentId: this.o.agentId,
+      peerId: this.mesh.peerId,
+      addresses: this.mesh.multiaddrs(),
+      statusUrl: this.o.statusUrl(),
+      version: this.o.version,
+      workers: this.o.localWorkers().map((w) => w.id),
+    };
+  }
+
+  /** Publishes this agent's capacity; `always` false publishes only when it changed. */
+  async advertise(always: boolean): Promise<void> {
+    const workers = this.o.localWorkers();
+    const draining = this.o.draining();
+    const key = JSON.stringify([workers.map((w) => [w.id, w.freeSlots, w.busy]), draining]);
+    if (!always && key === this.lastAdvertKey) return;
+    this.lastAdvertKey = key;
+    if (!this.mesh.started) return;
+    const advert: CapacityAdvert = {
+      v: 1,
+      cluster: this.o.config.name,
+      node: this.o.node,
+      agentId: this.o.agentId,
+      peerId: this.mesh.peerId,
+      seq: ++this.seq,
+      sentAt: Date.now(),
+      version: this.o.version,
+      statusUrl: this.o.statusUrl(),
+      draining,
+      lease: this.o.lease(),
+      workers,
+    };
+    try {
+      await this.mesh.publishAdvert(advert);
+    } catch (err) {
+      this.o.log.debug({ err }, 'advert not published');
+    }
+  }
+
+  async publishAssignment(epoch: number, given: Map<string, number>): Promise<void> {
+    const remote = [...given].filter(([id]) => !id.startsWith(`${this.o.node}.`));
+    if (remote.length === 0 || !this.mesh.started) return;
+    try {
+      await this.mesh.publishAssignment({
+        v: 1,
+        cluster: this.o.config.name,
+        epoch,
+        workers: remote.map(([id, tasks]) => ({ id, tasks })),
+      });
+    } catch (err) {
+      this.o.log.debug({ err }, 'assignment not published');
+    }
+  }
+
+  private async heartbeat(): Promise<void> {
+    try {
+      const mine = await this.registry.heartbeat(
+        this.o.config.name,
+        this.o.node,
+        this.o.agentId,
+        this.o.localWorkers().map((w) => w.id),
+      );
+      if (!mine) await this.registry.upsertNode(this.registration());
+      await this.refreshRegistry();
+      this.dbOk = true;
+    } catch (err) {
+      if (this.dbOk) this.o.log.warn({ err }, 'registry heartbeat failed');
+      this.dbOk = false;
+    }
+  }
+
+  private async refreshRegistry(): Promise<void> {
+    this.records = await this.registry.listNodes(this.o.config.name);
+    this.membership.observeRegistry(this.records);
+    const addrs = this.records
+      .filter((r) => r.name !== this.o.node && r.stoppedAt === null)
+      .flatMap((r) => r.addresses);
+    this.mesh.dialKnown(addrs);
+    let changed = false;
+    for (const r of this.records) {
+      const isDead = r.name !== this.o.node && this.membership.state(r.name) === 'dead';
+      if (isDead && !this.dead.has(r.name)) {
+        this.dead.add(r.name);
+        changed = true;
+        this.o.log.warn({ node: r.name, heartbeatAgeMs: r.heartbeatAgeMs }, 'node declared dead');
+      } else if (!isDead) this.dead.delete(r.name);
+    }
+    if (changed) this.o.onChange();
+  }
+
+  registryRecords(): NodeRecord[] {
+    return this.records;
+  }
+
+  /** Workers with a fresh advert from a live, not draining remote node. */
+  remoteWorkers(): EligibleWorker[] {
+    return this.membership
+      .freshAdverts()
+      .filter((a) => a.node !== this.o.node)
+      .flatMap((a) => a.workers.filter((w) => w.job !== null).map((w) => ({ id: w.id, job: w.job!, freeSlots: w.freeSlots })));
+  }
+
+  /** Workers of nodes that are dead: gossip silent AND registry heartbeat stale. */
+  async deadWorkers(): Promise<string[]> {
+    return this.records
+      .filter((r) => r.name !== this.o.node && this.membership.state(r.name) === 'dead')
+      .flatMap((r) => r.workers);
+  }
+
+  adverts(): CapacityAdvert[] {
+    return this.membership.freshAdverts();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.advertTimer);
+    clearInterval(this.heartbeatTimer);
+    await this.advertise(true).catch(() => undefined);
+    await this.registry.markStopped(this.o.config.name, this.o.node, this.o.agentId).catch((err) =>
+      this.o.log.warn({ err }, 'could not mark the node stopped'),
+    );
+    await this.mesh.stop();
+  }
+}

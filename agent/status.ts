@@ -1,0 +1,112 @@
+import type pg from 'pg';
+import type { ClusterConfig } from '../src/config/schema.js';
+import type { JobTable } from '../src/db/table.js';
+import { countTasks, type JobCounters } from '../src/dispatch/statements.js';
+import type { LeaseStatus } from '../src/lease/lease.js';
+import type { WorkerAdvert } from '../src/mesh/types.js';
+import type { ClusterStatus, JobStatus, NodeStatus, WorkerStatus } from '../src/status/types.js';
+import { VERSION } from '../src/version.js';
+import type { ClusterView } from './cluster-view.js';
+
+/** Tasks per second per job, from the change of closed tasks between two status reads. */
+export class JobRates {
+  private last = new Map<string, { at: number; closed: number; rate: number }>();
+
+  rate(job: string, closed: number): number {
+    const now = Date.now();
+    const prev = this.last.get(job);
+    if (!prev) {
+      this.last.set(job, { at: now, closed, rate: 0 });
+      return 0;
+    }
+    if (now - prev.at < 500) return prev.rate;
+    const rate = Math.max(0, ((closed - prev.closed) * 1000) / (now - prev.at));
+    this.last.set(job, { at: now, closed, rate });
+
+    return rate;
+  }
+}
+
+export interface StatusInput {
+  config: ClusterConfig;
+  db: pg.Pool;
+  tables: Map<string, JobTable>;
+  node: string;
+  agentId: string;
+  peerId: string | null;
+  lease: LeaseStatus;
+  view: ClusterView;
+  local: WorkerAdvert[];
+  dbHealthy: boolean;
+  rates: JobRates;
+}
+
+/** The whole cluster as this agent knows it: the registry, fresh adverts, the lease, counters. */
+export async function buildStatus(i: StatusInput): Promise<ClusterStatus> {
+  const records = i.view.registryRecords();
+  const adverts = new Map(i.view.adverts().map((a) => [a.node, a]));
+  const nodes: NodeStatus[] = records.map((r) => ({
+    name: r.name,
+    agentId: r.agentId,
+    peerId: r.peerId,
+    addresses: r.addresses,
+    statusUrl: r.statusUrl,
+    version: r.version,
+    lastHeartbeat: new Date(Date.now() - r.heartbeatAgeMs).toISOString(),
+    state: r.stoppedAt ? 'stopped' : r.name === i.node ? 'alive' : i.view.membership.state(r.name),
+  }));
+  const workers: WorkerStatus[] = [];
+  const push = (node: string, ws: WorkerAdvert[]) => {
+    for (const w of ws) {
+      workers.push({
+        id: w.id,
+        node,
+        job: w.job,
+        busy: w.busy,
+        queued: w.queued,
+        freeSlots: w.freeSlots,
+        lastActivity: w.lastActivityAt ? new Date(w.lastActivityAt).toISOString() : null,
+        done: w.done,
+        failed: w.failed,
+      });
+    }
+  };
+  push(i.node, i.local);
+  for (const [node, a] of adverts) if (node !== i.node) push(node, a.workers);
+  workers.sort((a, b) => a.id.localeCompare(b.id, 'en', { numeric: true }));
+
+  const jobs: JobStatus[] = [];
+  let dbOk = i.dbHealthy;
+  for (const [name, t] of i.tables) {
+    let c: JobCounters = { total: 0, completed: 0, pending: 0, failed: 0, running: 0 };
+    try {
+      c = await countTasks(i.db, t);
+    } catch {
+      dbOk = false;
+    }
+    jobs.push({ name, table: t.job.table, ...c, tasksPerSecond: i.rates.rate(name, c.completed + c.failed) });
+  }
+
+  const holderNode = i.lease.holder ? (records.find((r) => r.agentId === i.lease.holder)?.name ?? null) : null;
+  const stats = i.view.mesh.stats();
+
+  return {
+    cluster: i.config.name,
+    self: { node: i.node, agentId: i.agentId, peerId: i.peerId, version: VERSION },
+    generatedAt: new Date().toISOString(),
+    db: dbOk ? 'ok' : 'down',
+    role: i.lease.isHolder ? 'dispatcher' : 'worker',
+    peers: stats.peers,
+    meshSize: stats.meshSize,
+    nodes: nodes.sort((a, b) => a.name.localeCompare(b.name)),
+    workers,
+    dispatcher: {
+      holder: i.lease.holder,
+      holderNode,
+      epoch: i.lease.epoch,
+      secondsToExpiry: i.lease.msToExpiry === null ? null : Math.max(0, i.lease.msToExpiry / 1000),
+    },
+    jobs,
+    dropped: { ...stats.dropped },
+  };
+}

@@ -1,0 +1,90 @@
+import type pg from 'pg';
+import type { JobTable } from '../db/table.js';
+import { safeErrorText } from '../worker/statements.js';
+
+/**
+ * Gives back the tasks held by workers that are gone (a dead worker process, a dead node, a
+ * shutdown past its grace period) or that overran. One statement:
+ * - a reserved task never started goes back to the queue with its tries unchanged;
+ * - a started task counts as an attempt: with tries left it goes back with `reason` as its
+ *   error text; on its last try it is closed as failed with that reason.
+ */
+export interface ReleaseOptions {
+  reason: string;
+  /** Only the tasks of these workers. */
+  workers?: string[];
+  /** Only started tasks whose start is older than this (seconds), and unstarted ones whose
+   *  reservation is older than `reservedOlderThanSeconds`. */
+  startedOlderThanSeconds?: number;
+  reservedOlderThanSeconds?: number;
+  /** Leave started tasks alone (shutdown releases queued tasks first). */
+  onlyUnstarted?: boolean;
+  /** A dispatcher write: the fence sub-select and its three parameters. */
+  fence?: { sql: (first: number) => string; params: unknown[] };
+}
+
+export interface Released {
+  requeued: number;
+  closed: number;
+}
+
+export async function releaseTasks(
+  db: pg.Pool | pg.PoolClient,
+  t: JobTable,
+  o: ReleaseOptions,
+): Promise<Released> {
+  const { col } = t;
+  const values: unknown[] = [safeErrorText(o.reason), t.job.maxTryTimes];
+  const where = [`${col.reservedBy} IS NOT NULL`, `${col.endedAt} IS NULL`];
+  if (o.workers) {
+    values.push(o.workers);
+    where.push(`${col.reservedBy} = ANY($${values.length}::text[])`);
+  }
+  if (o.onlyUnstarted) where.push(`${col.startedAt} IS NULL`);
+  if (o.startedOlderThanSeconds !== undefined || o.reservedOlderThanSeconds !== undefined) {
+    const parts: string[] = [];
+    if (o.startedOlderThanSeconds !== undefined) {
+      values.push(o.startedOlderThanSeconds);
+      parts.push(
+        `(${col.startedAt} IS NOT NULL AND ${col.startedAt} < ${t.now.startedAt} - make_interval(secs => $${values.length}))`,
+      );
+    }
+    if (o.reservedOlderThanSeconds !== undefined) {
+      values.push(o.reservedOlderThanSeconds);
+      parts.push(
+        `(${col.startedAt} IS NULL AND ${col.reservedAt} < ${t.now.reservedAt} - make_interval(secs => $${values.length}))`,
+      );
+    }
+    where.push(`(${parts.join(' OR ')})`);
+  }
+  if (o.fence) {
+    where.push(`EXISTS (${o.fence.sql(values.length + 1)})`);
+    values.push(...o.fence.params);
+  }
+
+  const started = `${col.startedAt} IS NOT NULL`;
+  const closing = `(${started} AND COALESCE(${col.tries}, 0) >= $2::int)`;
+  const sets = [
+    `${col.endedAt} = CASE WHEN ${closing} THEN ${t.now.endedAt} END`,
+    `${col.reservedBy} = CASE WHEN ${closing} THEN ${col.reservedBy} END`,
+    `${col.reservedAt} = CASE WHEN ${closing} THEN ${col.reservedAt} END`,
+    `${col.startedAt} = CASE WHEN ${closing} THEN ${col.startedAt} END`,
+  ];
+  if (col.success) {
+    sets.push(`${col.success} = CASE WHEN ${closing} THEN false WHEN ${started} THEN NULL ELSE ${col.success} END`);
+  }
+  if (col.error) {
+    sets.push(
+      `${col.error} = CASE WHEN ${closing} THEN $1 || '; tries used up (' || $2::int || ')'
+         WHEN ${started} THEN $1 ELSE ${col.error} END`,
+    );
+  }
+  const res = await db.query<{ closed: boolean }>({
+    text: `UPDATE ${t.table} SET ${sets.join(', ')} WHERE ${where.join(' AND ')}
+           RETURNING ${col.endedAt} IS NOT NULL AS closed`,
+    values,
+  });
+  const closed = res.rows.filter((r) => r.closed).length;
+
+  return { requeued: res.rows.length - closed, closed };
+}

@@ -1,0 +1,264 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
+import type { JobTable } from '../db/table.js';
+import type { Logger } from '../log.js';
+import { releaseTasks } from '../dispatch/release.js';
+import { isTransientDbError } from '../db/pool.js';
+import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
+
+const CHILD = fileURLToPath(new URL('./child.js', import.meta.url));
+
+export interface WorkerPoolOptions {
+  configPath: string;
+  databaseUrl: string;
+  agentId: string;
+  node: string;
+  count: number;
+  /** Job served by worker n (1-based). */
+  jobFor: (n: number) => string;
+  tables: Map<string, JobTable>;
+  db: pg.Pool;
+  pollMs: number;
+  log: Logger;
+  /** Called when a worker's queue shrank or it went idle: the dispatcher may top it up. */
+  onCapacity: () => void;
+  onActivity?: (event: { worker: string; job: string; kind: 'started' | 'succeeded' | 'failed'; n: number }) => void;
+}
+
+export interface WorkerState {
+  id: string;
+  job: string;
+  pid: number | null;
+  busy: boolean;
+  lastActivityAt: number | null;
+  done: number;
+  failed: number;
+  restarts: number;
+}
+
+interface Slot extends WorkerState {
+  child: ChildProcess | null;
+  runningSince: number | null;
+  lastHeartbeat: number;
+  stopping: boolean;
+  /** Resolves once the process is gone and its tasks were released. */
+  exited: Promise<void>;
+  onGone: () => void;
+}
+
+/**
+ * The worker processes of one agent. A worker process that dies — a crash, an OOM kill, a task
+ * that overran — has its tasks given back at once and is started again, with a backoff that
+ * grows while it keeps dying. The agent's event loop never runs task code.
+ */
+export class WorkerPool {
+  private readonly slots: Slot[] = [];
+  private started = false;
+  private watchdog: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: WorkerPoolOptions) {}
+
+  ids(): string[] {
+    return this.slots.map((s) => s.id);
+  }
+
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    for (let n = 1; n <= this.o.count; n++) {
+      const slot: Slot = {
+        id: `${this.o.node}.${n}`,
+        job: this.o.jobFor(n),
+        pid: null,
+        busy: false,
+        lastActivityAt: null,
+        done: 0,
+        failed: 0,
+        restarts: 0,
+        child: null,
+        runningSince: null,
+        lastHeartbeat: Date.now(),
+        stopping: false,
+        exited: Promise.resolve(),
+        onGone: () => undefined,
+      };
+      this.slots.push(slot);
+      this.spawn(slot);
+    }
+    this.watchdog = setInterval(() => this.checkOverruns(), 1000);
+    this.watchdog.unref();
+  }
+
+  states(): WorkerState[] {
+    return this.slots.map(({ id, job, pid, busy, lastActivityAt, done, failed, restarts }) => ({
+      id,
+      job,
+      pid,
+      busy,
+      lastActivityAt,
+      done,
+      failed,
+      restarts,
+    }));
+  }
+
+  /** Tells workers that tasks were reserved to them. */
+  wake(ids?: Iterable<string>): void {
+    const want = ids ? new Set(ids) : null;
+    for (const s of this.slots) if (!want || want.has(s.id)) this.send(s, { t: 'wake' });
+  }
+
+  private send(s: Slot, msg: ToWorker): void {
+    if (s.child?.connected) s.child.send(msg, () => undefined);
+  }
+
+  private spawn(slot: Slot): void {
+    const init: WorkerInit = {
+      configPath: this.o.configPath,
+      workerId: slot.id,
+      job: slot.job,
+      agentId: this.o.agentId,
+      databaseUrl: this.o.databaseUrl,
+      pollMs: this.o.pollMs,
+    };
+    const child = fork(CHILD, [JSON.stringify(init)], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      execArgv: process.execArgv.filter((a) => !a.startsWith('--test')),
+      env: { ...process.env, DATABASE_URL: this.o.databaseUrl },
+    });
+    slot.child = child;
+    slot.pid = child.pid ?? null;
+    slot.lastHeartbeat = Date.now();
+    slot.runningSince = null;
+    slot.exited = new Promise((resolve) => (slot.onGone = resolve));
+    child.on('error', (err) => this.o.log.error({ err, worker: slot.id }, 'worker process error'));
+    child.on('message', (msg: FromWorker) => this.onMessage(slot, msg));
+    child.once('exit', (code, signal) => void this.onExit(slot, child, code, signal));
+  }
+
+  private onMessage(s: Slot, msg: FromWorker): void {
+    s.lastHeartbeat = Date.now();
+    switch (msg.t) {
+      case 'ready':
+        s.restarts = 0;
+        break;
+      case 'started':
+        s.busy = true;
+        s.lastActivityAt = Date.now();
+        this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'started', n: msg.n });
+        this.o.onCapacity();
+        break;
+      case 'finished':
+        s.busy = false;
+        s.done += msg.ok;
+        s.failed += msg.failed;
+        s.lastActivityAt = Date.now();
+        if (msg.ok) this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'succeeded', n: msg.ok });
+        if (msg.failed) this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'failed', n: msg.failed });
+        break;
+      case 'heartbeat':
+        s.runningSince = msg.runningSince;
+        s.busy = msg.runningSince !== null;
+        break;
+      case 'fatal':
+        this.o.log.error({ worker: s.id, message: msg.message }, 'worker process could not start');
+        break;
+    }
+  }
+
+  /** A task whose worker's event loop is stuck past the job's maximum duration: kill it. */
+  private checkOverruns(): void {
+    const now = Date.now();
+    for (const s of this.slots) {
+      const table = this.o.tables.get(s.job);
+      if (!table || !s.child || s.stopping) continue;
+      const maxMs = table.job.maxJobDurationMinutes * 60_000;
+      if (s.runningSince !== null && now - s.runningSince > maxMs + 2000) {
+        this.o.log.warn({ worker: s.id, maxJobDurationMinutes: table.job.maxJobDurationMinutes }, 'task overran and its worker is stuck; killing it');
+        s.child.kill('SIGKILL');
+      }
+    }
+  }
+
+  private async onExit(s: Slot, child: ChildProcess, code: number | null, signal: string | null): Promise<void> {
+    if (s.child !== child) return;
+    s.child = null;
+    s.pid = null;
+    s.busy = false;
+    const reason = signal
+      ? `worker process ${s.id} was killed by ${signal}`
+      : code === 75
+        ? `worker process ${s.id} stopped an overrunning task`
+        : `worker process ${s.id} exited with code ${code}`;
+    if (!s.stopping) this.o.log.warn({ worker: s.id, code, signal }, 'worker process died');
+    await this.releaseOf(s, s.stopping ? 'shutdown' : reason);
+    s.onGone();
+    if (s.stopping || !this.started) return;
+    s.restarts++;
+    const delay = Math.min(5000, 100 * 2 ** Math.min(s.restarts - 1, 6));
+    setTimeout(() => {
+      if (!s.stopping && this.started) this.spawn(s);
+    }, delay).unref();
+    this.o.onCapacity();
+  }
+
+  /** Gives back the tasks held by a worker that is gone, retrying while the database is down. */
+  private async releaseOf(s: Slot, reason: string): Promise<void> {
+    const table = this.o.tables.get(s.job);
+    if (!table) return;
+    for (let attempt = 1; attempt <= 60; attempt++) {
+      try {
+        const r = await releaseTasks(this.o.db, table, { reason, workers: [s.id] });
+        if (r.requeued + r.closed > 0) this.o.log.info({ worker: s.id, ...r, reason }, 'tasks of a gone worker released');
+        return;
+      } catch (err) {
+        if (!isTransientDbError(err)) {
+          this.o.log.error({ err, worker: s.id }, 'release failed');
+          return;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
+      }
+    }
+  }
+
+  /**
+   * SIGTERM: workers start nothing new; queued tasks are given back at once (tries unchanged);
+   * running tasks get `graceMs` to finish; then the workers are killed and their tasks released.
+   */
+  async drain(graceMs: number): Promise<void> {
+    if (!this.started) return;
+    for (const s of this.slots) {
+      s.stopping = true;
+      this.send(s, { t: 'drain' });
+    }
+    for (const job of new Set(this.slots.map((s) => s.job))) {
+      const table = this.o.tables.get(job);
+      const workers = this.slots.filter((s) => s.job === job).map((s) => s.id);
+      if (!table) continue;
+      try {
+        const r = await releaseTasks(this.o.db, table, { reason: 'shutdown', workers, onlyUnstarted: true });
+        this.o.log.info({ job, ...r }, 'queued tasks given back');
+      } catch (err) {
+        this.o.log.error({ err, job }, 'could not give back queued tasks');
+      }
+    }
+    const all = Promise.all(this.slots.map((s) => s.exited));
+    const timer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
+    if ((await Promise.race([all, timer])) === 'late') {
+      this.o.log.warn({ graceMs }, 'grace period over; stopping running tasks');
+      for (const s of this.slots) s.child?.kill('SIGKILL');
+      await all;
+    }
+    this.stop();
+  }
+
+  stop(): void {
+    this.started = false;
+    clearInterval(this.watchdog);
+    for (const s of this.slots) {
+      s.stopping = true;
+      s.child?.kill('SIGKILL');
+    }
+  }
+}

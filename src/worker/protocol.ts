@@ -1,0 +1,24 @@
+/** Messages between an agent and its worker processes (Node IPC). */
+
+export interface WorkerInit {
+  configPath: string;
+  workerId: string;
+  job: string;
+  agentId: string;
+  databaseUrl: string;
+  pollMs: number;
+}
+
+export type ToWorker =
+  | { t: 'wake' }
+  /** Start nothing new; finish the task at hand, give back the rest, then exit. */
+  | { t: 'drain' };
+
+export type FromWorker =
+  | { t: 'ready' }
+  /** Started `n` tasks; the queue the dispatcher tops up just shrank. */
+  | { t: 'started'; n: number }
+  | { t: 'finished'; ok: number; failed: number; stale: number }
+  /** Every 500 ms: whether a task is running and since when (epoch ms). */
+  | { t: 'heartbeat'; runningSince: number | null; task: string | null }
+  | { t: 'fatal'; message: string };

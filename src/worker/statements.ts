@@ -1,0 +1,150 @@
+import type pg from 'pg';
+import type { JobTable } from '../db/table.js';
+import type { TaskRow } from '../config/schema.js';
+
+/**
+ * The worker's own statements. Each is one statement, guarded by the reservation it was given
+ * (worker id, and the attempt number for finish), so a write that arrives after a relaunch
+ * changes nothing.
+ */
+
+export interface StartedTask {
+  pk: string;
+  attempt: number;
+  row: TaskRow;
+}
+
+/**
+ * Starts up to `limit` of the tasks reserved to `worker`: sets the start time and increments
+ * tries in one statement, and returns the rows. Batched, still guarded row by row.
+ */
+export async function startTasks(
+  db: pg.Pool | pg.PoolClient,
+  t: JobTable,
+  worker: string,
+  limit: number,
+): Promise<StartedTask[]> {
+  const { col } = t;
+  const res = await db.query({
+    text: `UPDATE ${t.table} SET ${col.startedAt} = ${t.now.startedAt},
+             ${col.tries} = COALESCE(${col.tries}, 0) + 1
+           WHERE ${t.pk} IN (
+             SELECT ${t.pk} FROM ${t.table}
+              WHERE ${col.reservedBy} = $1 AND ${col.startedAt} IS NULL AND ${col.endedAt} IS NULL
+                AND COALESCE(${col.tries}, 0) < $3
+              ORDER BY ${col.reservedAt}, ${t.pk} LIMIT $2 FOR UPDATE SKIP LOCKED)
+             AND ${col.reservedBy} = $1 AND ${col.startedAt} IS NULL AND ${col.endedAt} IS NULL
+           RETURNING *, ${t.pk}::text AS "__pampa_pk", ${col.tries} AS "__pampa_attempt"`,
+    values: [worker, limit, t.job.maxTryTimes],
+  });
+
+  return res.rows
+    .map((r: Record<string, unknown>) => {
+      const pk = r.__pampa_pk as string;
+      const attempt = Number(r.__pampa_attempt);
+      delete r.__pampa_pk;
+      delete r.__pampa_attempt;
+
+      return { pk, attempt, row: r };
+    })
+    .sort((a, b) => compareKeys(a.pk, b.pk));
+}
+
+function compareKeys(a: string, b: string): number {
+  if (/^-?\d+$/.test(a) && /^-?\d+$/.test(b)) return Number(a) - Number(b);
+
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+export interface TaskResult {
+  pk: string;
+  attempt: number;
+  ok: boolean;
+  error: string | null;
+}
+
+/**
+ * Finishes a batch of attempts. Success closes the task. A failure with tries left gives the
+ * task back with a not-before time (reservedAt = now + backoff, reservedBy NULL); the last
+ * failure closes it as failed. Returns the keys that were written: the others were stale.
+ */
+export async function finishTasks(
+  db: pg.Pool | pg.PoolClient,
+  t: JobTable,
+  worker: string,
+  results: TaskResult[],
+): Promise<Set<string>> {
+  if (results.length === 0) return new Set();
+  const { col, job } = t;
+  const closing = `(u.ok OR ${col.tries} >= $6::int)`;
+  const sets = [
+    `${col.endedAt} = CASE WHEN ${closing} THEN ${t.now.endedAt} END`,
+    `${col.reservedBy} = CASE WHEN ${closing} THEN ${col.reservedBy} END`,
+    `${col.reservedAt} = CASE WHEN ${closing} THEN ${col.reservedAt} ELSE ${t.now.reservedAt}
+       + make_interval(secs => least(300, $7::float8 * power(2, greatest(${col.tries} - 1, 0)))) END`,
+    `${col.startedAt} = CASE WHEN ${closing} THEN ${col.startedAt} END`,
+  ];
+  if (col.success) sets.push(`${col.success} = u.ok`);
+  if (col.error) sets.push(`${col.error} = CASE WHEN u.ok THEN NULL ELSE u.err END`);
+  const res = await db.query<{ pk: string }>({
+    text: `UPDATE ${t.table} SET ${sets.join(', ')}
+             FROM unnest($1::text[], $2::int[], $3::bool[], $4::text[]) AS u(pk, attempt, ok, err)
+            WHERE ${t.table}.${t.pk} = u.pk::${t.pkType} AND ${col.reservedBy} = $5
+              AND ${col.tries} = u.attempt AND ${col.startedAt} IS NOT NULL
+              AND ${col.endedAt} IS NULL
+           RETURNING ${t.table}.${t.pk}::text AS pk`,
+    values: [
+      results.map((r) => r.pk),
+      results.map((r) => r.attempt),
+      results.map((r) => r.ok),
+      results.map((r) => (r.ok ? null : safeErrorText(r.error ?? 'failed'))),
+      worker,
+      job.maxTryTimes,
+      job.retryBackoffSeconds,
+    ],
+  });
+
+  return new Set(res.rows.map((r) => r.pk));
+}
+
+/**
+ * Gives back attempts that were started in a batch but never ran (the worker is draining):
+ * restores the state before the start, guarded by worker and attempt.
+ */
+export async function unstartTasks(
+  db: pg.Pool | pg.PoolClient,
+  t: JobTable,
+  worker: string,
+  tasks: { pk: string; attempt: number }[],
+): Promise<number> {
+  if (tasks.length === 0) return 0;
+  const { col } = t;
+  const res = await db.query({
+    text: `UPDATE ${t.table} SET ${col.reservedBy} = NULL, ${col.reservedAt} = NULL,
+             ${col.startedAt} = NULL, ${col.tries} = ${col.tries} - 1
+             FROM unnest($1::text[], $2::int[]) AS u(pk, attempt)
+            WHERE ${t.table}.${t.pk} = u.pk::${t.pkType} AND ${col.reservedBy} = $3
+              AND ${col.tries} = u.attempt AND ${col.startedAt} IS NOT NULL
+              AND ${col.endedAt} IS NULL`,
+    values: [tasks.map((x) => x.pk), tasks.map((x) => x.attempt), worker],
+  });
+
+  return res.rowCount ?? 0;
+}
+
+/** Error text longer than this is cut, with a note of how much was cut (characters). */
+export const MAX_ERROR_TEXT = 64 * 1024;
+
+/**
+ * Error text as PostgreSQL can store it: NUL bytes removed, lone surrogates replaced, cut to
+ * MAX_ERROR_TEXT characters.
+ */
+export function safeErrorText(text: string): string {
+  let s = text.replace(/\u0000/g, '\\0');
+  s = (s as string & { toWellFormed?: () => string }).toWellFormed?.() ?? s;
+  if (s.length > MAX_ERROR_TEXT) {
+    s = `${s.slice(0, MAX_ERROR_TEXT)}… [${s.length - MAX_ERROR_TEXT} more characters cut]`;
+  }
+
+  return s;
+}
