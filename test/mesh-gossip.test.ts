@@ -193,9 +193,10 @@ describe('Mesh with a cluster key', () => {
     e.mesh.dialKnown([...g.mesh.multiaddrs(), ...h.mesh.multiaddrs()]);
 
     await waitFor('e and f hear each other', () => othersHeard([e, f]));
-    const failedTwice = (x: TestAgent): boolean =>
-      x.mesh.dialTargets().length > 0 && x.mesh.dialTargets().every((d) => d.failures >= 2);
-    await waitFor('two failed dials each way', () => [e, g, h].every(failedTwice));
+    // A refused dial fails within milliseconds, or hangs until the 5 s dial timeout.
+    const failed = (x: TestAgent): boolean =>
+      x.mesh.dialTargets().length > 0 && x.mesh.dialTargets().every((d) => d.failures >= 1);
+    await waitFor('a failed dial each way', () => [e, g, h].every(failed), 15_000);
 
     for (const outsider of [g, h]) {
       assert.equal(outsider.connected.size, 0, `${outsider.node} connected`);
