@@ -40,7 +40,7 @@ function checkOneHolderPerEpoch(what: string, seen: { epoch: number; holder: str
   }
 }
 
-test('five contenders with short TTLs and random restarts never share an epoch', async () => {
+test('five contenders with short TTLs and random restarts never share an epoch', async (t) => {
   const leases = Array.from({ length: CONTENDERS }, (_, i) => {
     const pool = createPool({ url: db.url, applicationName: `race-${i}`, max: 2, log: silent });
     pools.push(pool);
@@ -98,12 +98,20 @@ test('five contenders with short TTLs and random restarts never share an epoch',
     maxHolders = Math.max(maxHolders, leases.filter((l) => l.isHeld()).length);
   }, 2);
 
-  // Chaos: random stops (which resign) and starts, serialized per instance.
+  // Chaos: random stops (which resign) and starts, serialized per instance, and freezes.
   const up = leases.map(() => false);
   const chains = leases.map(() => Promise.resolve());
   await Promise.all(leases.map((l, i) => l.start().then(() => (up[i] = true))));
   const until = Date.now() + RUN_MS;
   while (Date.now() < until) {
+    if (Math.random() < 0.2) {
+      // Freeze the whole process, sometimes past the renew deadline or the TTL, like a GC
+      // pause or SIGSTOP: every contender wakes up late and they race for the lease.
+      const frozenUntil = performance.now() + 100 + Math.random() * 300;
+      while (performance.now() < frozenUntil) {
+        // busy wait
+      }
+    }
     const i = Math.floor(Math.random() * CONTENDERS);
     const lease = leases[i];
     chains[i] = chains[i].then(async () => {
@@ -123,6 +131,9 @@ test('five contenders with short TTLs and random restarts never share an epoch',
   const finalHolders = leases.filter((l) => l.isHeld());
   await Promise.all(leases.map((l) => l.stop()));
 
+  t.diagnostic(
+    `${elected.length} elections, ${polled.length} polls, max ${maxHolders} holder at once`,
+  );
   assert.ok(maxHolders <= 1, `at most one instance held the lease at a time, saw ${maxHolders}`);
   assert.equal(finalHolders.length, 1, 'someone holds the lease once the chaos ends');
 
@@ -144,6 +155,9 @@ test('five contenders with short TTLs and random restarts never share an epoch',
     'SELECT epoch, holder FROM lease_audit ORDER BY id',
   );
   const writes = audit.rows.map((r) => ({ epoch: Number(r.epoch), holder: r.holder }));
+  t.diagnostic(
+    `${writes.length} fenced writes over ${new Set(writes.map((w) => w.epoch)).size} epochs`,
+  );
   assert.ok(writes.length > 0, 'fenced writes went through');
   checkOneHolderPerEpoch('fenced writes', writes);
   for (let k = 1; k < writes.length; k++) {
