@@ -27,7 +27,10 @@ export class NewTaskListener {
 
   private async connect(): Promise<void> {
     if (this.stopped) return;
-    const client = new pg.Client({ connectionString: this.url, application_name: this.applicationName });
+    const client = new pg.Client({
+      connectionString: this.url,
+      application_name: this.applicationName,
+    });
     client.on('error', (err) => {
       this.log.warn({ err }, 'notification connection lost');
       this.reconnectLater(client);

@@ -84,10 +84,17 @@ export async function buildStatus(i: StatusInput): Promise<ClusterStatus> {
     } catch {
       dbOk = false;
     }
-    jobs.push({ name, table: t.job.table, ...c, tasksPerSecond: i.rates.rate(name, c.completed + c.failed) });
+    jobs.push({
+      name,
+      table: t.job.table,
+      ...c,
+      tasksPerSecond: i.rates.rate(name, c.completed + c.failed),
+    });
   }
 
-  const holderNode = i.lease.holder ? (records.find((r) => r.agentId === i.lease.holder)?.name ?? null) : null;
+  const holderNode = i.lease.holder
+    ? (records.find((r) => r.agentId === i.lease.holder)?.name ?? null)
+    : null;
   const stats = i.view.mesh.stats();
 
   return {

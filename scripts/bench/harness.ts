@@ -1,0 +1,79 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { startLocalPostgres, type LocalPostgres } from '../../src/db/launcher.js';
+import { rootLogger } from '../../src/log.js';
+
+export const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+
+/** A PostgreSQL for a benchmark: DATABASE_URL, or a local one with durable commits. */
+export async function benchDatabase(): Promise<{ url: string; stop: () => Promise<void> }> {
+  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, stop: async () => undefined };
+  const local: LocalPostgres = await startLocalPostgres({ log: rootLogger().child({ component: 'bench' }), fsync: true });
+
+  return { url: local.url, stop: () => local.stop() };
+}
+
+export interface AgentProcess {
+  child: ChildProcess;
+  name: string;
+  exited: Promise<void>;
+}
+
+/** Starts `pampa agent` as its own process, logs discarded unless PAMPA_BENCH_LOGS is set. */
+export function startAgent(
+  config: string,
+  name: string,
+  url: string,
+  extra: string[] = [],
+  env: Record<string, string> = {},
+): AgentProcess {
+  const child = spawn(
+    process.execPath,
+    [CLI, 'agent', '--config', config, '--name', name, '--http-port', '0', ...extra],
+    {
+      env: { ...process.env, DATABASE_URL: url, PAMPA_LOG_FORMAT: 'json', PAMPA_LOG_LEVEL: 'warn', ...env },
+      stdio: ['ignore', process.env.PAMPA_BENCH_LOGS ? 'inherit' : 'ignore', 'inherit'],
+    },
+  );
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+
+  return { child, name, exited };
+}
+
+export async function stopAgent(a: AgentProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill(signal);
+  await a.exited;
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs: number, everyMs = 20): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export function percentile(values: number[], p: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+export function client(url: string): pg.Pool {
+  return new pg.Pool({ connectionString: url, max: 4 });
+}
+
+/** Prints a result table, or one JSON object with --json. */
+export function report(title: string, rows: [string, string | number][], json: boolean, data: object): void {
+  if (json) {
+    process.stdout.write(`${JSON.stringify(data)}\n`);
+    return;
+  }
+  process.stdout.write(`\n${title}\n`);
+  const w = Math.max(...rows.map(([k]) => k.length));
+  for (const [k, v] of rows) process.stdout.write(`  ${k.padEnd(w)}  ${v}\n`);
+}
