@@ -7,7 +7,8 @@ import { StatusServer } from '../src/status/server.js';
 import type { ClusterStatus } from '../src/status/types.js';
 import { TOKEN, clusterStatus, silentLog } from './status-fixture.js';
 
-const CHROMIUM = '/usr/bin/chromium';
+/** The browser CI installs; PAMPA_CHROMIUM points elsewhere on a developer machine. */
+const CHROMIUM = process.env.PAMPA_CHROMIUM ?? '/usr/bin/chromium';
 const MISSING = `${CHROMIUM} is not installed (apt-get install -y --no-install-recommends chromium)`;
 const ARGS = [
   '--headless',

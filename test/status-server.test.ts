@@ -240,6 +240,18 @@ describe('StatusServer routes', () => {
     assert.equal((await fetch(`${url}/status`)).status, 200);
   });
 
+  test('a status provider that never answers gives 503 after providerTimeoutMs', async () => {
+    const { url } = await serve({
+      status: () => new Promise<ClusterStatus>(() => undefined),
+      providerTimeoutMs: 200,
+    });
+    const res = await fetch(`${url}/status`);
+    assert.equal(res.status, 503);
+    assert.deepEqual(await res.json(), {
+      error: 'the status provider did not answer within 200 ms',
+    });
+  });
+
   test('anything but GET or HEAD is 405; an unknown path is 404', async () => {
     const { url } = await serve();
     for (const method of ['POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS']) {

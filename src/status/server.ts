@@ -20,6 +20,8 @@ export interface StatusServerOptions {
   healthy: () => { ok: boolean; reason?: string };
   /** A client must send its whole request head within this (ms). Default 5000. */
   headersTimeoutMs?: number;
+  /** `status()` or the metrics registry must answer within this, else 503 (ms). Default 5000. */
+  providerTimeoutMs?: number;
 }
 
 /** Longest request head accepted (bytes); longer ones get 431. The Node default, made explicit. */
@@ -38,6 +40,19 @@ function errorReply(code: number, error: string, headers?: Record<string, string
   return { ...json(code, { error }), headers };
 }
 
+/** `work`, or a rejection naming `what` once `ms` have passed. */
+async function withTimeout<T>(what: string, ms: number, work: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} did not answer within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([work, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function message(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -45,11 +60,13 @@ function message(err: unknown): string {
 /** `GET /status`, `/healthz`, `/metrics` and the dashboard on `/`, read-only, on one port. */
 export class StatusServer {
   private readonly log: Logger;
+  private readonly providerTimeoutMs: number;
   private server: Server | undefined;
   private starting: Promise<{ url: string }> | undefined;
 
   constructor(private readonly opts: StatusServerOptions) {
     this.log = opts.log.child({ component: 'status' });
+    this.providerTimeoutMs = opts.providerTimeoutMs ?? 5000;
   }
 
   /** Starts listening; calling it again returns the same url. Rejects on an unsafe config. */
@@ -183,14 +200,21 @@ export class StatusServer {
 
     switch (url.pathname) {
       case '/status':
-        return json(200, await this.opts.status());
+        return json(
+          200,
+          await withTimeout('the status provider', this.providerTimeoutMs, this.opts.status()),
+        );
       case '/healthz':
         return this.health();
       case '/metrics':
         return {
           code: 200,
           type: this.opts.metrics.contentType,
-          body: await this.opts.metrics.render(),
+          body: await withTimeout(
+            'the metrics registry',
+            this.providerTimeoutMs,
+            this.opts.metrics.render(),
+          ),
         };
       case '/':
         return {
