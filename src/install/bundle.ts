@@ -72,7 +72,7 @@ export async function buildBundle(options: BundleOptions): Promise<Bundle> {
     // --ignore-scripts: the installer runs from the compiled dist/, which is what is shipped.
     const { stdout } = await run(
       'npm',
-      ['pack', '--ignore-scripts', '--json', '--pack-destination', dir],
+      ['pack', '--ignore-scripts', '--offline', '--json', '--pack-destination', dir],
       {
         cwd: project,
         maxBuffer: 64 * 1024 * 1024,
@@ -92,7 +92,7 @@ export async function buildBundle(options: BundleOptions): Promise<Bundle> {
     const version = await contentHash(staging);
     await writeFile(join(staging, 'VERSION'), version + '\n');
     const file = join(dir, `pampa-${version}.tar.gz`);
-    await run('tar', ['-czf', file, '-C', staging, '.']);
+    await run('tar', ['-I', 'gzip -1', '-cf', file, '-C', staging, '.']);
     await rm(staging, { recursive: true });
 
     return {

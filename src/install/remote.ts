@@ -347,6 +347,7 @@ export async function installNode(plan: NodePlan, options: RemoteOptions): Promi
     );
 
     // 5. Start through systemd or the supervisor.
+    let logOffset = 0;
     if (serviceKind === 'systemd') {
       const unit = await unitFile(root, plan.name, facts.user);
       await must(s, `cat > ${r}/${unitName}`, 'writing the unit', 15_000, unit);
@@ -392,19 +393,29 @@ export async function installNode(plan: NodePlan, options: RemoteOptions): Promi
         what: 'stop the new agent',
         run: () => s.exec(stopSupervisorCommand(root), { timeoutMs: 40_000 }),
       });
+      const size = await s.exec(`wc -c < ${r}/log/agent.log 2>/dev/null || echo 0`);
+      logOffset = Number(size.stdout.trim()) || 0;
       await must(s, startSupervisorCommand(root), 'starting the supervisor', 15_000);
     }
 
-    // 6. Wait for the agent to answer on its status port.
-    const status = await waitForAgent(s, plan, options.agentWaitMs);
-    if (!status) {
-      const tail = await s.exec(
-        serviceKind === 'systemd'
-          ? `journalctl -u ${unitName} -n 20 --no-pager 2>/dev/null`
-          : `tail -n 20 ${r}/log/agent.log`,
-      );
+    // 6. Wait for the agent to answer on its status port; give up early when it keeps exiting.
+    const logCommand =
+      serviceKind === 'systemd'
+        ? `journalctl -u ${unitName} -n 30 --no-pager -o cat --since=-${Math.ceil(options.agentWaitMs / 1000) + 30}s 2>/dev/null`
+        : `tail -c +$((${logOffset}+1)) ${r}/log/agent.log`;
+    const status = await waitForAgent(s, plan, options.agentWaitMs, async () => {
+      const out = (await s.exec(logCommand, { timeoutMs: 10_000 })).stdout;
+      const exits = out
+        .split('\n')
+        .filter((l) => / agent exited with |Main process exited/.test(l)).length;
+
+      return exits >= 2 ? agentError(out) : null;
+    });
+    if ('error' in status) throw new Error(`the agent did not start: ${status.error}`);
+    if ('timedOut' in status) {
+      const out = (await s.exec(logCommand, { timeoutMs: 10_000 })).stdout;
       throw new Error(
-        `the agent did not answer on status port ${plan.statusPort} within ${options.agentWaitMs / 1000} s: ${lastLine(tail.stdout)}`,
+        `the agent did not answer on status port ${plan.statusPort} within ${options.agentWaitMs / 1000} s: ${agentError(out)}`,
       );
     }
 
@@ -435,19 +446,45 @@ export async function installNode(plan: NodePlan, options: RemoteOptions): Promi
   }
 }
 
+/**
+ * Polls the status port every 0.5 s until the agent of this node answers, `crashed` reports
+ * an error (checked every 2 s), or `waitMs` passes.
+ */
 async function waitForAgent(
   session: SshSession,
   plan: NodePlan,
   waitMs: number,
-): Promise<AgentStatus | null> {
+  crashed: () => Promise<string | null>,
+): Promise<AgentStatus | { error: string } | { timedOut: true }> {
   const deadline = Date.now() + waitMs;
+  let nextCrashCheck = Date.now() + 2_000;
   while (Date.now() < deadline) {
     const status = await fetchStatus(session, plan.statusPort);
     if (status?.self?.node === plan.name) return status;
+    if (Date.now() >= nextCrashCheck) {
+      const error = await crashed();
+      if (error) return { error };
+      nextCrashCheck = Date.now() + 2_000;
+    }
     await new Promise((r) => setTimeout(r, 500));
   }
 
-  return null;
+  return { timedOut: true };
+}
+
+/** The agent's own last complaint in its log: its last line that is not the supervisor's. */
+function agentError(log: string): string {
+  const lines = log
+    .split('\n')
+    .filter((l) => l.trim() && !/supervisor: |pampa-agent.service/.test(l));
+  const last = lines[lines.length - 1] ?? '(no output)';
+  try {
+    const entry = JSON.parse(last) as { msg?: string; err?: { message?: string } };
+
+    return [entry.msg, entry.err?.message].filter(Boolean).join(': ') || last;
+  } catch {
+    return last.trim();
+  }
 }
 
 /** Stops the agent and removes everything `installNode` put on the node. */
