@@ -181,7 +181,10 @@ async function copyBinaries(binDir: string, log: Logger): Promise<string> {
   for (const part of parts) {
     await cp(join(root, part), join(target, part), { recursive: true, verbatimSymlinks: true });
   }
-  log.info({ from: root, to: target }, 'copied postgres binaries to a dir the server user can reach');
+  log.info(
+    { from: root, to: target },
+    'copied postgres binaries to a dir the server user can reach',
+  );
 
   return join(target, 'bin');
 }
