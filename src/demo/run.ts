@@ -34,7 +34,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   let url = process.env.DATABASE_URL;
   if (!url) {
     o.log.info('no DATABASE_URL: starting a local PostgreSQL');
-    local = await startLocalPostgres({ log: o.log });
+    // A throwaway database: commits need not survive a crash of this machine.
+    local = await startLocalPostgres({ log: o.log, fsync: false });
     url = local.url;
   }
   const agents: ChildProcess[] = [];
