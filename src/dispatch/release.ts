@@ -35,7 +35,7 @@ export async function releaseTasks(
 ): Promise<Released> {
   const { col } = t;
   const values: unknown[] = [safeErrorText(o.reason), t.job.maxTryTimes];
-  const where = [`${col.reservedBy} IS NOT NULL`, `${col.endedAt} IS NULL`];
+  const where = [`${col.reservedBy} IS NOT NULL`, `${col.endedAt} IS NULL`, '$1::text IS NOT NULL' /* types $1 for jobs without an error column */];
   if (o.workers) {
     values.push(o.workers);
     where.push(`${col.reservedBy} = ANY($${values.length}::text[])`);
