@@ -72,7 +72,10 @@ export class Agent {
       for (const undo of this.started.reverse()) await undo().catch(() => undefined);
       throw err;
     }
-    this.log.info({ workers: this.pool.ids().length, statusUrl: this.statusUrl, version: VERSION }, 'agent started');
+    this.log.info(
+      { workers: this.pool.ids().length, statusUrl: this.statusUrl, version: VERSION },
+      'agent started',
+    );
 
     return { statusUrl: this.statusUrl };
   }
@@ -80,7 +83,12 @@ export class Agent {
   private async startParts(): Promise<void> {
     const c = this.config;
     const url = c.databaseUrl!;
-    this.db = createPool({ url, applicationName: this.agentId, max: 6, log: this.log.child({ component: 'db' }) });
+    this.db = createPool({
+      url,
+      applicationName: this.agentId,
+      max: 6,
+      log: this.log.child({ component: 'db' }),
+    });
     this.started.push(() => this.db.end());
 
     await migrate(this.db, c.schema);
@@ -95,7 +103,8 @@ export class Agent {
         reason: 'worker lost: its agent restarted',
         workers: workerIds,
       });
-      if (r.requeued + r.closed > 0) this.log.info({ job: table.job.name, ...r }, 'tasks of a previous run released');
+      if (r.requeued + r.closed > 0)
+        this.log.info({ job: table.job.name, ...r }, 'tasks of a previous run released');
     }
 
     this.lease = new Lease({
@@ -147,7 +156,9 @@ export class Agent {
       tables: this.tables,
       token: () => this.lease.token(),
       workers: () => [
-        ...(this.draining ? [] : this.pool.states().map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }))),
+        ...(this.draining
+          ? []
+          : this.pool.states().map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }))),
         ...this.view.remoteWorkers(),
       ],
       deadWorkers: () => this.view.deadWorkers(),
@@ -183,7 +194,8 @@ export class Agent {
     });
 
     const st = c.status;
-    const port = this.o.httpPort ?? c.nodes.find((n) => n.name === this.node)?.statusPort ?? st.port;
+    const port =
+      this.o.httpPort ?? c.nodes.find((n) => n.name === this.node)?.statusPort ?? st.port;
     this.status = new StatusServer({
       host: this.o.httpHost ?? st.host,
       port,
@@ -191,7 +203,8 @@ export class Agent {
       log: this.log,
       metrics: this.metrics,
       status: () => this.clusterStatus(),
-      healthy: () => (this.view.dbHealthy ? { ok: true } : { ok: false, reason: 'database unreachable' }),
+      healthy: () =>
+        this.view.dbHealthy ? { ok: true } : { ok: false, reason: 'database unreachable' },
     });
     this.statusUrl = (await this.status.start()).url;
     this.started.push(() => this.status.stop());
@@ -206,7 +219,12 @@ export class Agent {
     this.dispatcher.start();
     this.started.push(() => this.dispatcher.stop());
 
-    this.listener = new NewTaskListener(url, `${this.agentId}/listen`, () => this.dispatcher.kick(), this.log);
+    this.listener = new NewTaskListener(
+      url,
+      `${this.agentId}/listen`,
+      () => this.dispatcher.kick(),
+      this.log,
+    );
     this.listener.start();
     this.started.push(() => this.listener.stop());
   }

@@ -53,7 +53,10 @@ export class ClusterView {
       clusterKey: m.clusterKey,
       log: o.log.child({ component: 'mesh' }),
     });
-    this.membership = new Membership({ advertTtlMs: m.advertTtlMs, nodeDeadAfterMs: m.nodeDeadAfterMs });
+    this.membership = new Membership({
+      advertTtlMs: m.advertTtlMs,
+      nodeDeadAfterMs: m.nodeDeadAfterMs,
+    });
     this.registry = new NodeRegistry(o.db, o.config.schema);
     this.mesh.on('advert', (a) => {
       if (a.node === o.node && a.agentId === o.agentId) return;
@@ -185,7 +188,11 @@ export class ClusterView {
     return this.membership
       .freshAdverts()
       .filter((a) => a.node !== this.o.node)
-      .flatMap((a) => a.workers.filter((w) => w.job !== null).map((w) => ({ id: w.id, job: w.job!, freeSlots: w.freeSlots })));
+      .flatMap((a) =>
+        a.workers
+          .filter((w) => w.job !== null)
+          .map((w) => ({ id: w.id, job: w.job!, freeSlots: w.freeSlots })),
+      );
   }
 
   /** Workers of nodes that are dead: gossip silent AND registry heartbeat stale. */
@@ -203,9 +210,9 @@ export class ClusterView {
     clearInterval(this.advertTimer);
     clearInterval(this.heartbeatTimer);
     await this.advertise(true).catch(() => undefined);
-    await this.registry.markStopped(this.o.config.name, this.o.node, this.o.agentId).catch((err) =>
-      this.o.log.warn({ err }, 'could not mark the node stopped'),
-    );
+    await this.registry
+      .markStopped(this.o.config.name, this.o.node, this.o.agentId)
+      .catch((err) => this.o.log.warn({ err }, 'could not mark the node stopped'));
     await this.mesh.stop();
   }
 }

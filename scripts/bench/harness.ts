@@ -8,8 +8,12 @@ export const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.ur
 
 /** A PostgreSQL for a benchmark: DATABASE_URL, or a local one with durable commits. */
 export async function benchDatabase(): Promise<{ url: string; stop: () => Promise<void> }> {
-  if (process.env.DATABASE_URL) return { url: process.env.DATABASE_URL, stop: async () => undefined };
-  const local: LocalPostgres = await startLocalPostgres({ log: rootLogger().child({ component: 'bench' }), fsync: true });
+  if (process.env.DATABASE_URL)
+    return { url: process.env.DATABASE_URL, stop: async () => undefined };
+  const local: LocalPostgres = await startLocalPostgres({
+    log: rootLogger().child({ component: 'bench' }),
+    fsync: true,
+  });
 
   return { url: local.url, stop: () => local.stop() };
 }
@@ -32,7 +36,13 @@ export function startAgent(
     process.execPath,
     [CLI, 'agent', '--config', config, '--name', name, '--http-port', '0', ...extra],
     {
-      env: { ...process.env, DATABASE_URL: url, PAMPA_LOG_FORMAT: 'json', PAMPA_LOG_LEVEL: 'warn', ...env },
+      env: {
+        ...process.env,
+        DATABASE_URL: url,
+        PAMPA_LOG_FORMAT: 'json',
+        PAMPA_LOG_LEVEL: 'warn',
+        ...env,
+      },
       stdio: ['ignore', process.env.PAMPA_BENCH_LOGS ? 'inherit' : 'ignore', 'inherit'],
     },
   );
@@ -41,12 +51,20 @@ export function startAgent(
   return { child, name, exited };
 }
 
-export async function stopAgent(a: AgentProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+export async function stopAgent(
+  a: AgentProcess,
+  signal: NodeJS.Signals = 'SIGTERM',
+): Promise<void> {
   if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill(signal);
   await a.exited;
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs: number, everyMs = 20): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false>,
+  timeoutMs: number,
+  everyMs = 20,
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const v = await fn();
@@ -68,7 +86,12 @@ export function client(url: string): pg.Pool {
 }
 
 /** Prints a result table, or one JSON object with --json. */
-export function report(title: string, rows: [string, string | number][], json: boolean, data: object): void {
+export function report(
+  title: string,
+  rows: [string, string | number][],
+  json: boolean,
+  data: object,
+): void {
   if (json) {
     process.stdout.write(`${JSON.stringify(data)}\n`);
     return;

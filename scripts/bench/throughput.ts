@@ -1,5 +1,12 @@
 import { fileURLToPath } from 'node:url';
-import { benchDatabase, client, startAgent, stopAgent, waitFor, type AgentProcess } from './harness.js';
+import {
+  benchDatabase,
+  client,
+  startAgent,
+  stopAgent,
+  waitFor,
+  type AgentProcess,
+} from './harness.js';
 
 const CONFIG = fileURLToPath(new URL('./noop-config.js', import.meta.url));
 
@@ -19,7 +26,12 @@ export interface ThroughputResult {
  * and idle) and stops when the last row is closed. Statements per task: committed transactions
  * of the database (every Pampa statement is its own transaction) during the run, per task.
  */
-export async function benchThroughput(agents: number, workers: number, tasks: number, taskMs: number): Promise<ThroughputResult> {
+export async function benchThroughput(
+  agents: number,
+  workers: number,
+  tasks: number,
+  taskMs: number,
+): Promise<ThroughputResult> {
   const dbh = await benchDatabase();
   const db = client(dbh.url);
   const procs: AgentProcess[] = [];
@@ -29,29 +41,53 @@ export async function benchThroughput(agents: number, workers: number, tasks: nu
     await db.query(`CREATE TABLE bench_tasks (id bigint PRIMARY KEY, noop_reserved_by varchar(500),
       noop_reserved_at timestamptz, noop_tries integer NOT NULL DEFAULT 0, noop_started_at timestamptz,
       noop_ended_at timestamptz, noop_success boolean, noop_error text)`);
-    await db.query('CREATE INDEX ON bench_tasks (id) WHERE noop_reserved_by IS NULL AND noop_ended_at IS NULL');
-    await db.query('CREATE INDEX ON bench_tasks (noop_reserved_by) WHERE noop_reserved_by IS NOT NULL AND noop_ended_at IS NULL');
+    await db.query(
+      'CREATE INDEX ON bench_tasks (id) WHERE noop_reserved_by IS NULL AND noop_ended_at IS NULL',
+    );
+    await db.query(
+      'CREATE INDEX ON bench_tasks (noop_reserved_by) WHERE noop_reserved_by IS NOT NULL AND noop_ended_at IS NULL',
+    );
     // Rows exist but are held back (ended) until the clock starts, so agents start idle.
-    await db.query(`INSERT INTO bench_tasks (id, noop_ended_at) SELECT g, now() FROM generate_series(1, $1::bigint) g`, [tasks]);
+    await db.query(
+      `INSERT INTO bench_tasks (id, noop_ended_at) SELECT g, now() FROM generate_series(1, $1::bigint) g`,
+      [tasks],
+    );
     await db.query('VACUUM ANALYZE bench_tasks');
     const env = { PAMPA_BENCH_TASK_MS: String(taskMs) };
-    for (let i = 1; i <= agents; i++) procs.push(startAgent(CONFIG, `b${i}`, dbh.url, ['--workers', String(workers)], env));
-    await waitFor('agents to register', async () => {
-      const r = await db.query("SELECT count(*)::int AS n FROM pampa.nodes WHERE stopped_at IS NULL").catch(() => null);
-      return r !== null && r.rows[0].n === agents;
-    }, 60_000, 100);
+    for (let i = 1; i <= agents; i++)
+      procs.push(startAgent(CONFIG, `b${i}`, dbh.url, ['--workers', String(workers)], env));
+    await waitFor(
+      'agents to register',
+      async () => {
+        const r = await db
+          .query('SELECT count(*)::int AS n FROM pampa.nodes WHERE stopped_at IS NULL')
+          .catch(() => null);
+        return r !== null && r.rows[0].n === agents;
+      },
+      60_000,
+      100,
+    );
     await new Promise((r) => setTimeout(r, 2000));
 
     const before = await commits(db);
     const t0 = performance.now();
     await db.query('UPDATE bench_tasks SET noop_ended_at = NULL');
-    await waitFor('all tasks to close', async () => {
-      const r = await db.query('SELECT count(*)::int AS n FROM bench_tasks WHERE noop_ended_at IS NULL');
-      return r.rows[0].n === 0;
-    }, 600_000, 200);
+    await waitFor(
+      'all tasks to close',
+      async () => {
+        const r = await db.query(
+          'SELECT count(*)::int AS n FROM bench_tasks WHERE noop_ended_at IS NULL',
+        );
+        return r.rows[0].n === 0;
+      },
+      600_000,
+      200,
+    );
     const seconds = (performance.now() - t0) / 1000;
     const after = await commits(db);
-    const bad = await db.query('SELECT count(*)::int AS n FROM bench_tasks WHERE noop_success IS NOT TRUE OR noop_tries <> 1');
+    const bad = await db.query(
+      'SELECT count(*)::int AS n FROM bench_tasks WHERE noop_success IS NOT TRUE OR noop_tries <> 1',
+    );
     if (bad.rows[0].n !== 0) throw new Error(`${bad.rows[0].n} tasks did not succeed exactly once`);
 
     return {
@@ -71,7 +107,9 @@ export async function benchThroughput(agents: number, workers: number, tasks: nu
 }
 
 async function commits(db: import('pg').Pool): Promise<number> {
-  const r = await db.query<{ n: string }>('SELECT xact_commit::text AS n FROM pg_stat_database WHERE datname = current_database()');
+  const r = await db.query<{ n: string }>(
+    'SELECT xact_commit::text AS n FROM pg_stat_database WHERE datname = current_database()',
+  );
   await db.query('SELECT pg_stat_clear_snapshot()');
 
   return Number(r.rows[0].n);

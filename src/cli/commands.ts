@@ -53,7 +53,12 @@ export async function runAgentCommand(o: AgentCommandOptions): Promise<void> {
 export async function runMigrateCommand(o: { config: string }): Promise<void> {
   const log = rootLogger().child({ component: 'migrate' });
   const config = await loadConfig(o.config);
-  const db = createPool({ url: config.databaseUrl!, applicationName: 'pampa-migrate', max: 2, log });
+  const db = createPool({
+    url: config.databaseUrl!,
+    applicationName: 'pampa-migrate',
+    max: 2,
+    log,
+  });
   try {
     const applied = await migrate(db, config.schema);
     log.info({ schema: config.schema, applied }, 'schema migrated');

@@ -10,7 +10,8 @@ import { rootLogger } from '../log.js';
 function positive(name: string) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer, got "${v}"`);
+    if (!Number.isInteger(n) || n <= 0)
+      throw new InvalidArgumentError(`${name} must be a positive integer, got "${v}"`);
 
     return n;
   };
@@ -18,7 +19,8 @@ function positive(name: string) {
 
 function port(v: string): number {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`must be a port 0..65535, got "${v}"`);
+  if (!Number.isInteger(n) || n < 0 || n > 65535)
+    throw new InvalidArgumentError(`must be a port 0..65535, got "${v}"`);
 
   return n;
 }
@@ -51,18 +53,27 @@ program
 
 program
   .command('agent')
-  .description('run this node\'s agent: workers, mesh, dispatcher election, status port')
-  .requiredOption('--config <file>', 'config module (.js, .mjs or .ts) exporting defineCluster(...)')
+  .description("run this node's agent: workers, mesh, dispatcher election, status port")
+  .requiredOption(
+    '--config <file>',
+    'config module (.js, .mjs or .ts) exporting defineCluster(...)',
+  )
   .option('--name <node>', 'node name (default: the host name)')
   .option('--listen <multiaddr...>', 'libp2p listen address(es), e.g. /ip4/0.0.0.0/tcp/4001')
   .option('--http-port <n>', 'status port (0 picks a free one)', port)
   .option('--http-host <addr>', 'status bind address (non-loopback needs status.token)')
-  .option('--workers <n>', 'worker processes (default: the node\'s maxWorkers)', positive('--workers'))
+  .option(
+    '--workers <n>',
+    "worker processes (default: the node's maxWorkers)",
+    positive('--workers'),
+  )
   .action(runAgentCommand);
 
 program
   .command('migrate')
-  .description('create Pampa\'s schema, and add the reservation columns, indexes and insert trigger to each job\'s table')
+  .description(
+    "create Pampa's schema, and add the reservation columns, indexes and insert trigger to each job's table",
+  )
   .requiredOption('--config <file>', 'config module')
   .action(runMigrateCommand);
 

@@ -1,4 +1,11 @@
-import { ClusterSchema, JobSchema, type ClusterConfig, type ClusterInput, type JobConfig, type JobInput } from './schema.js';
+import {
+  ClusterSchema,
+  JobSchema,
+  type ClusterConfig,
+  type ClusterInput,
+  type JobConfig,
+  type JobInput,
+} from './schema.js';
 import { formatZodError } from './errors.js';
 
 /** Declares a job; validated at once so a typo fails where it is written. */

@@ -167,14 +167,22 @@ export const ClusterSchema = z
     const seen = new Set<string>();
     c.jobs.forEach((j, i) => {
       if (seen.has(j.name)) {
-        ctx.addIssue({ code: 'custom', path: ['jobs', i, 'name'], message: `duplicate job name "${j.name}"` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['jobs', i, 'name'],
+          message: `duplicate job name "${j.name}"`,
+        });
       }
       seen.add(j.name);
     });
     const nodes = new Set<string>();
     c.nodes.forEach((n, i) => {
       if (nodes.has(n.name)) {
-        ctx.addIssue({ code: 'custom', path: ['nodes', i, 'name'], message: `duplicate node name "${n.name}"` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nodes', i, 'name'],
+          message: `duplicate node name "${n.name}"`,
+        });
       }
       nodes.add(n.name);
     });

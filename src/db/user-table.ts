@@ -43,7 +43,8 @@ export async function migrateJobTable(
   ];
   const table = quoteTable(job.table);
   const bare = splitTable(job.table).pop()!;
-  const tableSchema = splitTable(job.table).length === 2 ? quoteIdent(splitTable(job.table)[0]) : null;
+  const tableSchema =
+    splitTable(job.table).length === 2 ? quoteIdent(splitTable(job.table)[0]) : null;
   const rb = quoteIdent(names.reservedBy);
   const ea = quoteIdent(names.endedAt);
   const pk = quoteIdent(job.primaryKey);
@@ -78,7 +79,10 @@ export async function migrateJobTable(
   } finally {
     client.release();
   }
-  log.info({ job: job.name, table: job.table, schema: tableSchema, statements: statements.length }, 'job table migrated');
+  log.info(
+    { job: job.name, table: job.table, schema: tableSchema, statements: statements.length },
+    'job table migrated',
+  );
 
   return statements;
 }

@@ -16,7 +16,10 @@ export default defineCluster({
       queueSize: Number(process.env.PAMPA_DEMO_QUEUE_SIZE ?? 200),
       run: async (task, ctx) => {
         const value = Number(task.value);
-        await ctx.db.query('UPDATE numbers SET odd = $2 WHERE value = $1', [value, value % 2 === 1]);
+        await ctx.db.query('UPDATE numbers SET odd = $2 WHERE value = $1', [
+          value,
+          value % 2 === 1,
+        ]);
       },
     }),
   ],

@@ -57,7 +57,10 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     process.stderr.write(`agents' logs: ${logDir}\n`);
 
     const bar = new cliProgress.SingleBar(
-      { format: 'search_odd_numbers [{bar}] {percentage}% | {value}/{total} tasks | {rate} tasks/s', hideCursor: true },
+      {
+        format: 'search_odd_numbers [{bar}] {percentage}% | {value}/{total} tasks | {rate} tasks/s',
+        hideCursor: true,
+      },
       cliProgress.Presets.shades_classic,
     );
     bar.start(o.tasks, 0, { rate: 0 });
@@ -68,7 +71,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       const secs = (performance.now() - started) / 1000;
       bar.update(closed, { rate: Math.round(closed / secs) });
       if (closed >= counters.total) break;
-      if (agents.every((a) => a.exitCode !== null)) throw new Error('every agent exited; see the logs in ' + logDir);
+      if (agents.every((a) => a.exitCode !== null))
+        throw new Error('every agent exited; see the logs in ' + logDir);
       await new Promise((r) => setTimeout(r, 200));
     }
     bar.stop();
@@ -98,8 +102,22 @@ function startAgent(i: number, workers: number, url: string, logDir: string): Ch
   const out = createWriteStream(join(logDir, `agent-${i}.log`));
   const child = spawn(
     process.execPath,
-    [CLI, 'agent', '--config', CONFIG, '--name', `demo${i}`, '--workers', String(workers), '--http-port', '0'],
-    { env: { ...process.env, DATABASE_URL: url, PAMPA_LOG_FORMAT: 'json' }, stdio: ['ignore', 'pipe', 'pipe'] },
+    [
+      CLI,
+      'agent',
+      '--config',
+      CONFIG,
+      '--name',
+      `demo${i}`,
+      '--workers',
+      String(workers),
+      '--http-port',
+      '0',
+    ],
+    {
+      env: { ...process.env, DATABASE_URL: url, PAMPA_LOG_FORMAT: 'json' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
   );
   child.stdout!.pipe(out);
   child.stderr!.pipe(out);
@@ -122,7 +140,8 @@ async function hold(db: import('pg').Pool, cluster: string): Promise<void> {
     [cluster],
   );
   process.stdout.write('\nagents are running; press Ctrl-C to stop them\n');
-  for (const n of r.rows) process.stdout.write(`  ${n.name}  ${n.status_url ?? '(no status port)'}\n`);
+  for (const n of r.rows)
+    process.stdout.write(`  ${n.name}  ${n.status_url ?? '(no status port)'}\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGINT', () => resolve());
     process.once('SIGTERM', () => resolve());

@@ -113,7 +113,11 @@ export class Dispatcher {
         if (workers.length === 0) continue;
         if (!this.o.token()) return false;
         const t0 = performance.now();
-        const queued = await queuedPerWorker(this.o.db, table, workers.map((w) => w.id));
+        const queued = await queuedPerWorker(
+          this.o.db,
+          table,
+          workers.map((w) => w.id),
+        );
         const slots: string[] = [];
         for (const w of workers) {
           const free = table.job.queueSize - (queued.get(w.id) ?? 0);
@@ -125,7 +129,10 @@ export class Dispatcher {
         this.o.onRound?.(job, (performance.now() - t0) / 1000, n);
         if (n > 0) {
           this.o.onReserved(job, given, token.epoch);
-          this.o.log.debug({ job, tasks: n, workers: given.size, epoch: token.epoch }, 'tasks reserved');
+          this.o.log.debug(
+            { job, tasks: n, workers: given.size, epoch: token.epoch },
+            'tasks reserved',
+          );
         }
       }
       this.lastError = null;
@@ -140,7 +147,10 @@ export class Dispatcher {
     }
   }
 
-  private async relaunch(fence: { sql: (first: number) => string; params: unknown[] }): Promise<void> {
+  private async relaunch(fence: {
+    sql: (first: number) => string;
+    params: unknown[];
+  }): Promise<void> {
     const dead = await this.o.deadWorkers();
     for (const [job, table] of this.o.tables) {
       const j = table.job;

@@ -35,7 +35,11 @@ export async function releaseTasks(
 ): Promise<Released> {
   const { col } = t;
   const values: unknown[] = [safeErrorText(o.reason), t.job.maxTryTimes];
-  const where = [`${col.reservedBy} IS NOT NULL`, `${col.endedAt} IS NULL`, '$1::text IS NOT NULL' /* types $1 for jobs without an error column */];
+  const where = [
+    `${col.reservedBy} IS NOT NULL`,
+    `${col.endedAt} IS NULL`,
+    '$1::text IS NOT NULL' /* types $1 for jobs without an error column */,
+  ];
   if (o.workers) {
     values.push(o.workers);
     where.push(`${col.reservedBy} = ANY($${values.length}::text[])`);
@@ -71,7 +75,9 @@ export async function releaseTasks(
     `${col.startedAt} = CASE WHEN ${closing} THEN ${col.startedAt} END`,
   ];
   if (col.success) {
-    sets.push(`${col.success} = CASE WHEN ${closing} THEN false WHEN ${started} THEN NULL ELSE ${col.success} END`);
+    sets.push(
+      `${col.success} = CASE WHEN ${closing} THEN false WHEN ${started} THEN NULL ELSE ${col.success} END`,
+    );
   }
   if (col.error) {
     sets.push(

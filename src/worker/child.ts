@@ -5,7 +5,13 @@ import { createPool, isTransientDbError } from '../db/pool.js';
 import { inspectJobTable, type JobTable } from '../db/table.js';
 import { componentLogger } from '../log.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
-import { finishTasks, startTasks, unstartTasks, type StartedTask, type TaskResult } from './statements.js';
+import {
+  finishTasks,
+  startTasks,
+  unstartTasks,
+  type StartedTask,
+  type TaskResult,
+} from './statements.js';
 
 /**
  * A worker process: runs the job function over the tasks reserved to its worker id, one at a
@@ -91,7 +97,10 @@ async function main(): Promise<void> {
   send({ t: 'ready' });
 
   while (!draining) {
-    const limit = Math.max(1, Math.min(job.queueSize, Math.floor(START_BUDGET_MS / Math.max(avgMs, 0.001))));
+    const limit = Math.max(
+      1,
+      Math.min(job.queueSize, Math.floor(START_BUDGET_MS / Math.max(avgMs, 0.001))),
+    );
     let batch: StartedTask[];
     try {
       batch = await withRetry('start', () => startTasks(db, table, init.workerId, limit));
@@ -171,11 +180,17 @@ async function runOne(
       return { result: { pk: task.pk, attempt: task.attempt, ok: false, error }, overran: true };
     }
 
-    return { result: { pk: task.pk, attempt: task.attempt, ok: true, error: null }, overran: false };
+    return {
+      result: { pk: task.pk, attempt: task.attempt, ok: true, error: null },
+      overran: false,
+    };
   } catch (err) {
     log.debug({ err, task: task.pk, attempt: task.attempt, table: table.job.table }, 'task failed');
 
-    return { result: { pk: task.pk, attempt: task.attempt, ok: false, error: errorText(err) }, overran: false };
+    return {
+      result: { pk: task.pk, attempt: task.attempt, ok: false, error: errorText(err) },
+      overran: false,
+    };
   } finally {
     clearTimeout(timer);
     runningSince = null;

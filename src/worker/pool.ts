@@ -23,7 +23,12 @@ export interface WorkerPoolOptions {
   log: Logger;
   /** Called when a worker's queue shrank or it went idle: the dispatcher may top it up. */
   onCapacity: () => void;
-  onActivity?: (event: { worker: string; job: string; kind: 'started' | 'succeeded' | 'failed'; n: number }) => void;
+  onActivity?: (event: {
+    worker: string;
+    job: string;
+    kind: 'started' | 'succeeded' | 'failed';
+    n: number;
+  }) => void;
 }
 
 export interface WorkerState {
@@ -155,7 +160,8 @@ export class WorkerPool {
         s.failed += msg.failed;
         s.lastActivityAt = Date.now();
         if (msg.ok) this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'succeeded', n: msg.ok });
-        if (msg.failed) this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'failed', n: msg.failed });
+        if (msg.failed)
+          this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'failed', n: msg.failed });
         break;
       case 'heartbeat':
         s.runningSince = msg.runningSince;
@@ -175,13 +181,21 @@ export class WorkerPool {
       if (!table || !s.child || s.stopping) continue;
       const maxMs = table.job.maxJobDurationMinutes * 60_000;
       if (s.runningSince !== null && now - s.runningSince > maxMs + 2000) {
-        this.o.log.warn({ worker: s.id, maxJobDurationMinutes: table.job.maxJobDurationMinutes }, 'task overran and its worker is stuck; killing it');
+        this.o.log.warn(
+          { worker: s.id, maxJobDurationMinutes: table.job.maxJobDurationMinutes },
+          'task overran and its worker is stuck; killing it',
+        );
         s.child.kill('SIGKILL');
       }
     }
   }
 
-  private async onExit(s: Slot, child: ChildProcess, code: number | null, signal: string | null): Promise<void> {
+  private async onExit(
+    s: Slot,
+    child: ChildProcess,
+    code: number | null,
+    signal: string | null,
+  ): Promise<void> {
     if (s.child !== child) return;
     s.child = null;
     s.pid = null;
@@ -210,7 +224,8 @@ export class WorkerPool {
     for (let attempt = 1; attempt <= 60; attempt++) {
       try {
         const r = await releaseTasks(this.o.db, table, { reason, workers: [s.id] });
-        if (r.requeued + r.closed > 0) this.o.log.info({ worker: s.id, ...r, reason }, 'tasks of a gone worker released');
+        if (r.requeued + r.closed > 0)
+          this.o.log.info({ worker: s.id, ...r, reason }, 'tasks of a gone worker released');
         return;
       } catch (err) {
         if (!isTransientDbError(err)) {
@@ -237,14 +252,20 @@ export class WorkerPool {
       const workers = this.slots.filter((s) => s.job === job).map((s) => s.id);
       if (!table) continue;
       try {
-        const r = await releaseTasks(this.o.db, table, { reason: 'shutdown', workers, onlyUnstarted: true });
+        const r = await releaseTasks(this.o.db, table, {
+          reason: 'shutdown',
+          workers,
+          onlyUnstarted: true,
+        });
         this.o.log.info({ job, ...r }, 'queued tasks given back');
       } catch (err) {
         this.o.log.error({ err, job }, 'could not give back queued tasks');
       }
     }
     const all = Promise.all(this.slots.map((s) => s.exited));
-    const timer = new Promise<'late'>((resolve) => setTimeout(() => resolve('late'), graceMs).unref());
+    const timer = new Promise<'late'>((resolve) =>
+      setTimeout(() => resolve('late'), graceMs).unref(),
+    );
     if ((await Promise.race([all, timer])) === 'late') {
       this.o.log.warn({ graceMs }, 'grace period over; stopping running tasks');
       for (const s of this.slots) s.child?.kill('SIGKILL');

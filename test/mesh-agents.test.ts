@@ -1,0 +1,141 @@
+import '../src/polyfills.js';
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import {
+  QA_SCHEMA,
+  killGroup,
+  startAgentProc,
+  stopAll,
+  waitUntil,
+  writeQaConfig,
+  type AgentProc,
+} from './helpers/agents.js';
+
+/** Real agent processes on 127.0.0.1 forming a mesh over one database (issues 3 and 4). */
+describe('agents in a mesh', () => {
+  let db: TestDatabase;
+  const agents: AgentProc[] = [];
+
+  before(async () => {
+    db = await createTestDatabase();
+    await db.pool.query(QA_SCHEMA);
+  });
+  after(async () => {
+    await stopAll(agents);
+    await db.drop();
+  });
+
+  const count = async (sql: string) => Number((await db.pool.query(sql)).rows[0].n);
+  const overlaps = () =>
+    count(`SELECT count(*) AS n FROM qa_exec_log a JOIN qa_exec_log b ON a.task_id = b.task_id AND a.ctid < b.ctid
+      AND tstzrange(a.t_start, coalesce(a.t_end, 'infinity')) && tstzrange(b.t_start, coalesce(b.t_end, 'infinity'))`);
+
+  it('3 agents share the rows, a 4th joins mid-run, SIGTERM hands work back (S19), SIGKILL of the dispatcher fails over (S01)', async () => {
+    const config = writeQaConfig('mesh1');
+    await db.pool.query(
+      `INSERT INTO qa_task (id, payload) SELECT g, 'sleep:20' FROM generate_series(1, 1500) g`,
+    );
+    for (const n of ['a1', 'a2', 'a3'])
+      agents.push(startAgentProc(config, n, db.url, ['--workers', '2']));
+
+    // Every agent gets tasks.
+    await waitUntil(
+      'all three agents to run tasks',
+      async () =>
+        (await count(`SELECT count(DISTINCT split_part(worker, '.', 1)) AS n FROM qa_exec_log`)) ===
+        3,
+    );
+
+    // A 4th agent started mid-run receives tasks.
+    agents.push(startAgentProc(config, 'a4', db.url, ['--workers', '2']));
+    await waitUntil(
+      'the 4th agent to run tasks',
+      async () =>
+        (await count(`SELECT count(*) AS n FROM qa_exec_log WHERE worker LIKE 'a4.%'`)) > 0,
+    );
+
+    // SIGTERM: the agent drains and exits 0; it holds nothing afterwards.
+    const leaving = agents.find((a) => a.name === 'a2')!;
+    leaving.child.kill('SIGTERM');
+    const exit = await leaving.exit;
+    assert.equal(exit.code, 0);
+    assert.equal(
+      await count(
+        `SELECT count(*) AS n FROM qa_task WHERE rsv_by LIKE 'a2.%' AND ended_at IS NULL`,
+      ),
+      0,
+    );
+
+    // SIGKILL of the dispatcher: another agent takes the lease and work goes on.
+    const lease = await db.pool.query(
+      `SELECT holder, epoch FROM pampa.leases WHERE cluster = 'mesh1'`,
+    );
+    const holderNode = String(lease.rows[0].holder).split('-')[0];
+    const victim = agents.find((a) => a.name === holderNode && a.child.exitCode === null)!;
+    killGroup(victim);
+    await victim.exit;
+    await waitUntil(
+      'a new dispatcher',
+      async () => {
+        const r = await db.pool.query(
+          `SELECT holder, epoch FROM pampa.leases WHERE cluster = 'mesh1' AND expires_at > now()`,
+        );
+        return r.rows.length === 1 && Number(r.rows[0].epoch) > Number(lease.rows[0].epoch);
+      },
+      15_000,
+    );
+
+    await waitUntil(
+      'every row closed',
+      async () => (await count(`SELECT count(*) AS n FROM qa_task WHERE ended_at IS NULL`)) === 0,
+      120_000,
+    );
+    assert.equal(await count(`SELECT count(*) AS n FROM qa_task WHERE ok IS NOT TRUE`), 0);
+    assert.equal(
+      await count(`SELECT count(*) AS n FROM qa_task WHERE rsv_tries > 3 OR rsv_tries < 1`),
+      0,
+    );
+    assert.equal(await overlaps(), 0, 'no task ran twice at once');
+    assert.equal(
+      await count(`SELECT count(*) AS n FROM qa_task WHERE note IS DISTINCT FROM 'keep-me'`),
+      0,
+    );
+    // Rows the killed agent was running were started twice at most; none lost.
+    assert.equal(
+      await count(
+        `SELECT count(*) AS n FROM (SELECT task_id FROM qa_exec_log GROUP BY 1 HAVING count(*) > 3) x`,
+      ),
+      0,
+    );
+  });
+
+  it('an agent without the cluster key cannot join', async () => {
+    const key = 'ab'.repeat(32);
+    const config = writeQaConfig(
+      'mesh2',
+      `mesh: { clusterKey: '${key}', advertIntervalMs: 300, advertTtlMs: 1500 },`,
+    );
+    const a = startAgentProc(config, 'k1', db.url, ['--workers', '1']);
+    const b = startAgentProc(config, 'k2', db.url, ['--workers', '1']);
+    const outsider = startAgentProc(config, 'k3', db.url, ['--workers', '1'], {
+      PAMPA_CLUSTER_KEY: 'cd'.repeat(32),
+    });
+    agents.push(a, b, outsider);
+    const peersOf = async (p: AgentProc) => {
+      const line = p.logs.find((l) => l.msg === 'agent started');
+      if (!line) return null;
+      const res = await fetch(`${String(line.statusUrl)}/status`).catch(() => null);
+      return res && res.ok ? ((await res.json()) as { peers: number }).peers : null;
+    };
+    await waitUntil(
+      'k1 and k2 to connect',
+      async () => (await peersOf(a)) === 1 && (await peersOf(b)) === 1,
+      30_000,
+    );
+    // Give the outsider time to dial the others from the registry, then check it is still alone.
+    await new Promise((r) => setTimeout(r, 3000));
+    assert.equal(await peersOf(outsider), 0);
+    assert.equal(await peersOf(a), 1);
+  });
+});
