@@ -38,7 +38,15 @@ export interface ExecOptions {
    * Called with all output so far (stdout + stderr) after each chunk; may write to stdin.
    * Used to answer a sudo prompt. When set, stdin is left open until `end()` or the exit.
    */
-  interact?: (output: string, stdin: { write: (s: string) => void; end: () => void }) => void;
+  interact?: (output: string, stdin: InteractiveInput) => void;
+}
+
+export interface InteractiveInput {
+  write: (s: string) => void;
+  /** EOF on stdin (a program on a pty does not see it: use `abort`). */
+  end: () => void;
+  /** Closes the channel: the command is given up; the result has code null. */
+  abort: () => void;
 }
 
 export interface ExecResult {
@@ -126,6 +134,9 @@ export class SshSession {
           },
           end: () => {
             if (!done) channel.end();
+          },
+          abort: () => {
+            if (!done) channel.close();
           },
         };
         const timer = setTimeout(() => {

@@ -1,4 +1,4 @@
-import type { ExecResult, SshSession } from './ssh.js';
+import { SshError, type ExecResult, type SshSession } from './ssh.js';
 
 /**
  * How this session gets root, found by `detectSudo`:
@@ -32,6 +32,17 @@ export async function detectSudo(
   session: SshSession,
   password: string | undefined,
 ): Promise<SudoAccess> {
+  try {
+    return await probeSudo(session, password);
+  } catch (err) {
+    if (err instanceof SshError && err.level === 'timeout') {
+      throw new SudoError(`sudo needs a password/tty: no answer within ${sudoDeadlineMs / 1000} s`);
+    }
+    throw err;
+  }
+}
+
+async function probeSudo(session: SshSession, password: string | undefined): Promise<SudoAccess> {
   const deadline = Date.now() + sudoDeadlineMs;
   const left = () => Math.max(1_000, deadline - Date.now());
 
@@ -101,7 +112,7 @@ export async function runSudo(
       if (prompts > answered) {
         answered = prompts;
         if (prompts === 1 && password !== undefined) stdin.write(password + '\n');
-        else stdin.end();
+        else stdin.abort();
       }
       // No prompt (cached credentials): stdin stays open, which `sh -c` ignores.
     },
