@@ -110,6 +110,57 @@ describe('agents in a mesh', () => {
     );
   });
 
+  it('S07: a dispatcher paused past its lease writes nothing until it wins again', async () => {
+    const config = writeQaConfig('mesh3');
+    await db.pool.query(`DELETE FROM qa_task; DELETE FROM qa_exec_log; DELETE FROM qa_write_log`);
+    await db.pool.query(
+      `INSERT INTO qa_task (id, payload) SELECT g, 'sleep:30' FROM generate_series(1, 800) g`,
+    );
+    const group = ['s1', 's2', 's3'].map((n) =>
+      startAgentProc(config, n, db.url, ['--workers', '1']),
+    );
+    agents.push(...group);
+    const lease = await waitUntil('a holder', async () => {
+      const r = await db.pool.query(
+        `SELECT holder, epoch FROM pampa.leases WHERE cluster = 'mesh3' AND expires_at > now()`,
+      );
+      return r.rows[0] as { holder: string; epoch: string } | undefined;
+    });
+    const victim = group.find((a) => a.name === lease.holder.split('-')[0])!;
+    const stoppedAt = (await db.pool.query('SELECT now() AS t')).rows[0].t as Date;
+    process.kill(victim.child.pid!, 'SIGSTOP');
+    await waitUntil(
+      'another holder',
+      async () => {
+        const r = await db.pool.query(
+          `SELECT holder, epoch FROM pampa.leases WHERE cluster = 'mesh3'`,
+        );
+        return r.rows[0].holder !== lease.holder && Number(r.rows[0].epoch) > Number(lease.epoch);
+      },
+      15_000,
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    process.kill(victim.child.pid!, 'SIGCONT');
+    await new Promise((r) => setTimeout(r, 2500));
+    const after = await db.pool.query(`SELECT holder FROM pampa.leases WHERE cluster = 'mesh3'`);
+    assert.notEqual(
+      after.rows[0].holder,
+      lease.holder,
+      'the paused agent did not win the lease back',
+    );
+    const stale = await db.pool.query(
+      `SELECT count(*)::int AS n FROM qa_write_log WHERE app = $1 AND old_by IS NULL AND new_by IS NOT NULL AND at > $2`,
+      [lease.holder, stoppedAt],
+    );
+    assert.equal(stale.rows[0].n, 0, 'no reservation written by the paused ex-holder');
+    await waitUntil(
+      'every row closed',
+      async () => (await count(`SELECT count(*) AS n FROM qa_task WHERE ended_at IS NULL`)) === 0,
+      120_000,
+    );
+    assert.equal(await overlaps(), 0);
+  });
+
   it('an agent without the cluster key cannot join', async () => {
     const key = 'ab'.repeat(32);
     const config = writeQaConfig(

@@ -2,6 +2,8 @@ import '../../src/polyfills.js';
 import { Command } from 'commander';
 import { report } from './harness.js';
 import { benchThroughput } from './throughput.js';
+import { benchFailover } from './failover.js';
+import { benchMesh } from './mesh.js';
 
 const program = new Command('bench').description(
   'Pampa benchmarks; figures are printed, never asserted',
@@ -41,6 +43,45 @@ program
       );
     },
   );
+
+program
+  .command('failover')
+  .description('time from the lease holder\'s SIGKILL to the first reservation by the new holder')
+  .option('--kills <n>', 'kills', (v) => Number(v), 20)
+  .option('--json', 'one JSON object', false)
+  .action(async (o: { kills: number; json: boolean }) => {
+    const r = await benchFailover(o.kills);
+    report(
+      'failover (default lease: ttl 3 s, renew 0.7 s)',
+      [
+        ['kills', r.kills],
+        ['median (ms)', r.medianMs],
+        ['worst (ms)', r.worstMs],
+      ],
+      o.json,
+      { bench: 'failover', ...r },
+    );
+  });
+
+program
+  .command('mesh')
+  .description('mesh formation for N agents, time until all see one leave, idle agent memory')
+  .option('--agents <n>', 'agents', (v) => Number(v), 30)
+  .option('--json', 'one JSON object', false)
+  .action(async (o: { agents: number; json: boolean }) => {
+    const r = await benchMesh(o.agents);
+    report(
+      'mesh',
+      [
+        ['agents', r.agents],
+        ['full mesh after (s)', r.formSeconds.toFixed(2)],
+        ['all see a leave after (s)', r.leaveSeconds.toFixed(2)],
+        ['idle agent RSS (MB)', r.idleRssMb],
+      ],
+      o.json,
+      { bench: 'mesh', ...r },
+    );
+  });
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`bench: ${err instanceof Error ? err.stack : String(err)}\n`);

@@ -16,11 +16,11 @@ export const Defaults = {
   /** Pampa's own schema in the database. */
   schema: 'pampa',
   /** Lease time to live (ms): another agent may take over this long after the last renewal. */
-  leaseTtlMs: 4000,
+  leaseTtlMs: 3000,
   /** How often the holder renews (ms). */
-  leaseRenewIntervalMs: 1000,
+  leaseRenewIntervalMs: 700,
   /** The holder stops dispatching when it has not renewed for this long (ms); < ttl. */
-  leaseRenewDeadlineMs: 3000,
+  leaseRenewDeadlineMs: 2000,
   /** Dispatcher round when nothing wakes it earlier (ms). */
   dispatchIntervalMs: 1000,
   /** How often the dispatcher looks for tasks to relaunch (ms). */

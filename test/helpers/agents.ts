@@ -61,7 +61,14 @@ export const QA_SCHEMA = `
     rsv_by varchar(500), rsv_at timestamp, rsv_tries integer DEFAULT 0, started_at timestamp,
     ended_at timestamp, ok boolean, err text);
   CREATE TABLE qa_exec_log (task_id bigint, worker text, attempt int,
-    t_start timestamptz DEFAULT clock_timestamp(), t_end timestamptz);`;
+    t_start timestamptz DEFAULT clock_timestamp(), t_end timestamptz);
+  CREATE TABLE qa_write_log (at timestamptz DEFAULT clock_timestamp(), task_id bigint, app text,
+    old_by text, new_by text, old_tries int, new_tries int);
+  CREATE FUNCTION qa_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+    INSERT INTO qa_write_log (task_id, app, old_by, new_by, old_tries, new_tries)
+    VALUES (NEW.id, current_setting('application_name'), OLD.rsv_by, NEW.rsv_by, OLD.rsv_tries, NEW.rsv_tries);
+    RETURN NULL; END $$;
+  CREATE TRIGGER qa_audit AFTER UPDATE ON qa_task FOR EACH ROW EXECUTE FUNCTION qa_audit();`;
 
 export function startAgentProc(
   config: string,

@@ -1,0 +1,53 @@
+import { fileURLToPath } from 'node:url';
+import { benchDatabase, client, startAgent, stopAgent, waitFor, type AgentProcess } from './harness.js';
+
+const CONFIG = fileURLToPath(new URL('./failover-config.js', import.meta.url));
+
+/**
+ * Mesh formation for `n` agents on this machine: from spawning them all at once until every
+ * agent's status shows n − 1 connected peers; then the time until all see one of them leave
+ * (SIGTERM) as stopped; and an idle agent's resident memory (VmRSS of the agent process, its
+ * worker process not included).
+ */
+export async function benchMesh(n: number): Promise<{ agents: number; formSeconds: number; leaveSeconds: number; idleRssMb: number }> {
+  const dbh = await benchDatabase();
+  const db = client(dbh.url);
+  const agents: AgentProcess[] = [];
+  try {
+    await db.query('DROP TABLE IF EXISTS bench_tasks');
+    await db.query('DROP SCHEMA IF EXISTS pampa CASCADE');
+    await db.query(`CREATE TABLE bench_tasks (id bigserial PRIMARY KEY, noop_reserved_by varchar(500),
+      noop_reserved_at timestamptz, noop_tries integer NOT NULL DEFAULT 0, noop_started_at timestamptz,
+      noop_ended_at timestamptz, noop_success boolean, noop_error text)`);
+    const t0 = performance.now();
+    for (let i = 1; i <= n; i++) agents.push(startAgent(CONFIG, `m${i}`, dbh.url, ['--workers', '1']));
+    const urls = await waitFor('every agent registered', async () => {
+      const r = await db.query<{ status_url: string }>('SELECT status_url FROM pampa.nodes WHERE stopped_at IS NULL AND status_url IS NOT NULL');
+      return r.rows.length === n ? r.rows.map((x) => x.status_url) : false;
+    }, 300_000, 200);
+    const peers = async (url: string) => {
+      const res = await fetch(`${url}/status`).catch(() => null);
+      return res?.ok ? ((await res.json()) as { peers: number }).peers : -1;
+    };
+    await waitFor('a full mesh', async () => (await Promise.all(urls.map(peers))).every((p) => p >= n - 1), 300_000, 250);
+    const formSeconds = (performance.now() - t0) / 1000;
+
+    const leaving = agents.pop()!;
+    const t1 = performance.now();
+    await stopAgent(leaving, 'SIGTERM');
+    const rest = urls.filter((u) => !u.endsWith(`:${leaving.child.pid}`));
+    await waitFor('all to see the leave', async () => (await Promise.all(rest.map(peers))).filter((p) => p === n - 2).length >= n - 1, 120_000, 100);
+    const leaveSeconds = (performance.now() - t1) / 1000;
+
+    await new Promise((r) => setTimeout(r, 2000));
+    const { readFileSync } = await import('node:fs');
+    const status = readFileSync(`/proc/${agents[0].child.pid}/status`, 'utf8');
+    const idleRssMb = Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024;
+
+    return { agents: n, formSeconds, leaveSeconds, idleRssMb: Math.round(idleRssMb) };
+  } finally {
+    await Promise.all(agents.map((a) => stopAgent(a, 'SIGKILL')));
+    await db.end();
+    await dbh.stop();
+  }
+}
