@@ -1,5 +1,13 @@
 import { fileURLToPath } from 'node:url';
-import { benchDatabase, client, percentile, startAgent, stopAgent, waitFor, type AgentProcess } from './harness.js';
+import {
+  benchDatabase,
+  client,
+  percentile,
+  startAgent,
+  stopAgent,
+  waitFor,
+  type AgentProcess,
+} from './harness.js';
 
 const CONFIG = fileURLToPath(new URL('./failover-config.js', import.meta.url));
 
@@ -9,7 +17,9 @@ const CONFIG = fileURLToPath(new URL('./failover-config.js', import.meta.url));
  * "First reservation" is the first row whose reservation time is after the kill and whose
  * worker belongs to another node, read from the database clock.
  */
-export async function benchFailover(kills: number): Promise<{ kills: number; medianMs: number; worstMs: number; samples: number[] }> {
+export async function benchFailover(
+  kills: number,
+): Promise<{ kills: number; medianMs: number; worstMs: number; samples: number[] }> {
   const dbh = await benchDatabase();
   const db = client(dbh.url);
   const agents = new Map<string, AgentProcess>();
@@ -20,28 +30,43 @@ export async function benchFailover(kills: number): Promise<{ kills: number; med
     await db.query(`CREATE TABLE bench_tasks (id bigserial PRIMARY KEY, noop_reserved_by varchar(500),
       noop_reserved_at timestamptz, noop_tries integer NOT NULL DEFAULT 0, noop_started_at timestamptz,
       noop_ended_at timestamptz, noop_success boolean, noop_error text)`);
-    for (const n of ['f1', 'f2', 'f3']) agents.set(n, startAgent(CONFIG, n, dbh.url, ['--workers', '1']));
-    const feeder = setInterval(() => void db.query('INSERT INTO bench_tasks DEFAULT VALUES').catch(() => undefined), 20);
+    for (const n of ['f1', 'f2', 'f3'])
+      agents.set(n, startAgent(CONFIG, n, dbh.url, ['--workers', '1']));
+    const feeder = setInterval(
+      () => void db.query('INSERT INTO bench_tasks DEFAULT VALUES').catch(() => undefined),
+      20,
+    );
     try {
       for (let k = 0; k < kills; k++) {
-        const holder = await waitFor('a lease holder', async () => {
-          const r = await db
-            .query("SELECT holder FROM pampa.leases WHERE expires_at > now() AND holder IS NOT NULL")
-            .catch(() => ({ rows: [] as { holder: string }[] }));
-          return r.rows[0]?.holder as string | undefined;
-        }, 30_000);
+        const holder = await waitFor(
+          'a lease holder',
+          async () => {
+            const r = await db
+              .query(
+                'SELECT holder FROM pampa.leases WHERE expires_at > now() AND holder IS NOT NULL',
+              )
+              .catch(() => ({ rows: [] as { holder: string }[] }));
+            return r.rows[0]?.holder as string | undefined;
+          },
+          30_000,
+        );
         const node = holder.split('-')[0];
         // Let the holder dispatch for a moment, as in steady state.
         await new Promise((r) => setTimeout(r, 1500));
         const killedAt = (await db.query('SELECT now() AS t')).rows[0].t as Date;
         await stopAgent(agents.get(node)!, 'SIGKILL');
-        const first = await waitFor('a reservation by the new holder', async () => {
-          const r = await db.query(
-            `SELECT min(noop_reserved_at) AS t FROM bench_tasks WHERE noop_reserved_at > $1 AND noop_reserved_by NOT LIKE $2`,
-            [killedAt, `${node}.%`],
-          );
-          return (r.rows[0].t as Date | null) ?? undefined;
-        }, 30_000, 20);
+        const first = await waitFor(
+          'a reservation by the new holder',
+          async () => {
+            const r = await db.query(
+              `SELECT min(noop_reserved_at) AS t FROM bench_tasks WHERE noop_reserved_at > $1 AND noop_reserved_by NOT LIKE $2`,
+              [killedAt, `${node}.%`],
+            );
+            return (r.rows[0].t as Date | null) ?? undefined;
+          },
+          30_000,
+          20,
+        );
         samples.push(first.getTime() - killedAt.getTime());
         agents.set(node, startAgent(CONFIG, node, dbh.url, ['--workers', '1']));
       }

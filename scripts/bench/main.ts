@@ -46,7 +46,7 @@ program
 
 program
   .command('failover')
-  .description('time from the lease holder\'s SIGKILL to the first reservation by the new holder')
+  .description("time from the lease holder's SIGKILL to the first reservation by the new holder")
   .option('--kills <n>', 'kills', (v) => Number(v), 20)
   .option('--json', 'one JSON object', false)
   .action(async (o: { kills: number; json: boolean }) => {

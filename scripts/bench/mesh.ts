@@ -1,5 +1,12 @@
 import { fileURLToPath } from 'node:url';
-import { benchDatabase, client, startAgent, stopAgent, waitFor, type AgentProcess } from './harness.js';
+import {
+  benchDatabase,
+  client,
+  startAgent,
+  stopAgent,
+  waitFor,
+  type AgentProcess,
+} from './harness.js';
 
 const CONFIG = fileURLToPath(new URL('./failover-config.js', import.meta.url));
 
@@ -9,7 +16,9 @@ const CONFIG = fileURLToPath(new URL('./failover-config.js', import.meta.url));
  * (SIGTERM) as stopped; and an idle agent's resident memory (VmRSS of the agent process, its
  * worker process not included).
  */
-export async function benchMesh(n: number): Promise<{ agents: number; formSeconds: number; leaveSeconds: number; idleRssMb: number }> {
+export async function benchMesh(
+  n: number,
+): Promise<{ agents: number; formSeconds: number; leaveSeconds: number; idleRssMb: number }> {
   const dbh = await benchDatabase();
   const db = client(dbh.url);
   const agents: AgentProcess[] = [];
@@ -20,23 +29,44 @@ export async function benchMesh(n: number): Promise<{ agents: number; formSecond
       noop_reserved_at timestamptz, noop_tries integer NOT NULL DEFAULT 0, noop_started_at timestamptz,
       noop_ended_at timestamptz, noop_success boolean, noop_error text)`);
     const t0 = performance.now();
-    for (let i = 1; i <= n; i++) agents.push(startAgent(CONFIG, `m${i}`, dbh.url, ['--workers', '1']));
-    const urls = await waitFor('every agent registered', async () => {
-      const r = await db.query<{ status_url: string }>('SELECT status_url FROM pampa.nodes WHERE stopped_at IS NULL AND status_url IS NOT NULL');
-      return r.rows.length === n ? r.rows.map((x) => x.status_url) : false;
-    }, 300_000, 200);
+    for (let i = 1; i <= n; i++)
+      agents.push(startAgent(CONFIG, `m${i}`, dbh.url, ['--workers', '1']));
+    const urls = await waitFor(
+      'every agent registered',
+      async () => {
+        const r = await db
+          .query<{ status_url: string }>(
+            'SELECT status_url FROM pampa.nodes WHERE stopped_at IS NULL AND status_url IS NOT NULL',
+          )
+          .catch(() => ({ rows: [] as { status_url: string }[] }));
+        return r.rows.length === n ? r.rows.map((x) => x.status_url) : false;
+      },
+      300_000,
+      200,
+    );
     const peers = async (url: string) => {
       const res = await fetch(`${url}/status`).catch(() => null);
       return res?.ok ? ((await res.json()) as { peers: number }).peers : -1;
     };
-    await waitFor('a full mesh', async () => (await Promise.all(urls.map(peers))).every((p) => p >= n - 1), 300_000, 250);
+    await waitFor(
+      'a full mesh',
+      async () => (await Promise.all(urls.map(peers))).every((p) => p >= n - 1),
+      300_000,
+      250,
+    );
     const formSeconds = (performance.now() - t0) / 1000;
 
     const leaving = agents.pop()!;
     const t1 = performance.now();
     await stopAgent(leaving, 'SIGTERM');
-    const rest = urls.filter((u) => !u.endsWith(`:${leaving.child.pid}`));
-    await waitFor('all to see the leave', async () => (await Promise.all(rest.map(peers))).filter((p) => p === n - 2).length >= n - 1, 120_000, 100);
+    const alive = await Promise.all(urls.map(async (u) => ((await peers(u)) >= 0 ? u : null)));
+    const rest = alive.filter((u): u is string => u !== null);
+    await waitFor(
+      'all to see the leave',
+      async () => (await Promise.all(rest.map(peers))).every((p) => p === n - 2),
+      120_000,
+      100,
+    );
     const leaveSeconds = (performance.now() - t1) / 1000;
 
     await new Promise((r) => setTimeout(r, 2000));
