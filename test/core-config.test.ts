@@ -4,6 +4,7 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { Defaults } from '../src/config/defaults.js';
 import { defineCluster, defineJob } from '../src/config/define.js';
 import { ConfigError } from '../src/config/errors.js';
 import { loadConfig } from '../src/config/load.js';
@@ -52,9 +53,14 @@ describe('config: defineJob / defineCluster', () => {
 
     const c = defineCluster({ name: 'prod', jobs: [j] });
     assert.equal(c.schema, 'pampa');
-    assert.deepEqual(c.lease, { ttlMs: 4000, renewIntervalMs: 1000, renewDeadlineMs: 3000 });
-    assert.equal(c.shutdownGraceMs, 10000);
-    assert.equal(c.relaunchScanMs, 2000);
+    assert.deepEqual(c.lease, {
+      ttlMs: Defaults.leaseTtlMs,
+      renewIntervalMs: Defaults.leaseRenewIntervalMs,
+      renewDeadlineMs: Defaults.leaseRenewDeadlineMs,
+    });
+    assert.ok(c.lease.renewIntervalMs < c.lease.renewDeadlineMs && c.lease.renewDeadlineMs < c.lease.ttlMs);
+    assert.equal(c.shutdownGraceMs, Defaults.shutdownGraceMs);
+    assert.equal(c.relaunchScanMs, Defaults.relaunchScanMs);
     assert.deepEqual(c.nodes, []);
   });
 
