@@ -124,11 +124,12 @@ test('five contenders with short TTLs and random restarts never share an epoch',
 
   await Promise.all(chains);
   await Promise.all(leases.map((l) => l.start()));
-  await sleep(500);
+  const deadline = Date.now() + 10_000;
+  while (leases.filter((l) => l.isHeld()).length !== 1 && Date.now() < deadline) await sleep(10);
+  const finalHolders = leases.filter((l) => l.isHeld());
   running = false;
   clearInterval(sampler);
   await Promise.all([poller, ...writers]);
-  const finalHolders = leases.filter((l) => l.isHeld());
   await Promise.all(leases.map((l) => l.stop()));
 
   t.diagnostic(
