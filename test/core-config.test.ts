@@ -15,7 +15,9 @@ import { CLI, INDEX_URL, ROOT, tempDir } from './helpers/core-fixture.js';
 
 const run = () => undefined;
 const job = (extra: Record<string, unknown> = {}) =>
-  ({ name: 'mail', table: 'outbox', primaryKey: 'id', run, ...extra }) as Parameters<typeof defineJob>[0];
+  ({ name: 'mail', table: 'outbox', primaryKey: 'id', run, ...extra }) as Parameters<
+    typeof defineJob
+  >[0];
 
 function configError(fn: () => unknown): string {
   try {
@@ -45,7 +47,9 @@ describe('config: defineJob / defineCluster', () => {
       success: 'mail_success',
       error: 'mail_error',
     });
-    const named = reservationColumns(defineJob(job({ columns: { tries: 'Attempts', success: null, error: null } })));
+    const named = reservationColumns(
+      defineJob(job({ columns: { tries: 'Attempts', success: null, error: null } })),
+    );
     assert.equal(named.tries, 'Attempts');
     assert.equal(named.reservedBy, 'mail_reserved_by');
     assert.equal(named.success, null);
@@ -58,7 +62,9 @@ describe('config: defineJob / defineCluster', () => {
       renewIntervalMs: Defaults.leaseRenewIntervalMs,
       renewDeadlineMs: Defaults.leaseRenewDeadlineMs,
     });
-    assert.ok(c.lease.renewIntervalMs < c.lease.renewDeadlineMs && c.lease.renewDeadlineMs < c.lease.ttlMs);
+    assert.ok(
+      c.lease.renewIntervalMs < c.lease.renewDeadlineMs && c.lease.renewDeadlineMs < c.lease.ttlMs,
+    );
     assert.equal(c.shutdownGraceMs, Defaults.shutdownGraceMs);
     assert.equal(c.relaunchScanMs, Defaults.relaunchScanMs);
     assert.deepEqual(c.nodes, []);
@@ -85,17 +91,27 @@ describe('config: defineJob / defineCluster', () => {
     assert.match(m, /table: must be "table" or "schema.table" \(got "a.b.c"\)/);
 
     m = configError(() =>
-      defineCluster({ name: 'prod', jobs: [defineJob(job())], lease: { ttlMs: 1000, renewIntervalMs: 200, renewDeadlineMs: 1000 } }),
+      defineCluster({
+        name: 'prod',
+        jobs: [defineJob(job())],
+        lease: { ttlMs: 1000, renewIntervalMs: 200, renewDeadlineMs: 1000 },
+      }),
     );
     assert.match(m, /lease\.renewDeadlineMs: must be below ttlMs \(1000\), got 1000/);
     assert.match(m, /\(got 1000\)/);
 
     m = configError(() =>
-      defineCluster({ name: 'prod', jobs: [defineJob(job())], lease: { ttlMs: 5000, renewIntervalMs: 3000, renewDeadlineMs: 3000 } }),
+      defineCluster({
+        name: 'prod',
+        jobs: [defineJob(job())],
+        lease: { ttlMs: 5000, renewIntervalMs: 3000, renewDeadlineMs: 3000 },
+      }),
     );
     assert.match(m, /lease\.renewIntervalMs: must be below renewDeadlineMs \(3000\), got 3000/);
 
-    m = configError(() => defineCluster({ name: 'prod', jobs: [defineJob(job()), defineJob(job())] }));
+    m = configError(() =>
+      defineCluster({ name: 'prod', jobs: [defineJob(job()), defineJob(job())] }),
+    );
     assert.match(m, /jobs\[1\]\.name: duplicate job name "mail"/);
 
     m = configError(() => defineCluster({ name: 'prod', jobs: [] }));
@@ -166,23 +182,42 @@ export default defineCluster({ name: 'ts', databaseUrl: 'postgres://file/db',
       delete process.env.DATABASE_URL;
     }
 
-    await assert.rejects(loadConfig(join(dir, 'missing.js')), (e: Error) => e instanceof ConfigError && /does not exist/.test(e.message));
+    await assert.rejects(
+      loadConfig(join(dir, 'missing.js')),
+      (e: Error) => e instanceof ConfigError && /does not exist/.test(e.message),
+    );
     const noDefault = join(dir, 'c.config.js');
     writeFileSync(noDefault, 'export const x = 1;\n');
     await assert.rejects(loadConfig(noDefault), /no default export/);
     const noDb = join(dir, 'd.config.js');
-    writeFileSync(noDb, module(`export default { name: 'x', jobs: [{ name: 'j', table: 't', primaryKey: 'id', run() {} }] };`));
+    writeFileSync(
+      noDb,
+      module(
+        `export default { name: 'x', jobs: [{ name: 'j', table: 't', primaryKey: 'id', run() {} }] };`,
+      ),
+    );
     await assert.rejects(loadConfig(noDb), /no database/);
     const invalid = join(dir, 'e.config.js');
-    writeFileSync(invalid, `export default { name: 'x', databaseUrl: 'postgres://x/y', jobs: [{ name: 'j', table: 't', primaryKey: 'id', queueSize: 0, run() {} }] };\n`);
-    await assert.rejects(loadConfig(invalid), (e: Error) =>
-      e instanceof ConfigError && e.message.includes(invalid) && /jobs\[0\]\.queueSize: .*\(got 0\)/.test(e.message),
+    writeFileSync(
+      invalid,
+      `export default { name: 'x', databaseUrl: 'postgres://x/y', jobs: [{ name: 'j', table: 't', primaryKey: 'id', queueSize: 0, run() {} }] };\n`,
+    );
+    await assert.rejects(
+      loadConfig(invalid),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        e.message.includes(invalid) &&
+        /jobs\[0\]\.queueSize: .*\(got 0\)/.test(e.message),
     );
   });
 
   test('inspectJobTable on a missing column names table, column and existing columns, and writes nothing', async () => {
-    await db.pool.query(`CREATE TABLE jobs_in (id bigint PRIMARY KEY, body text, mail_reserved_by text)`);
-    await db.pool.query(`INSERT INTO jobs_in (id, body) SELECT g, 'b' || g FROM generate_series(1, 5) g`);
+    await db.pool.query(
+      `CREATE TABLE jobs_in (id bigint PRIMARY KEY, body text, mail_reserved_by text)`,
+    );
+    await db.pool.query(
+      `INSERT INTO jobs_in (id, body) SELECT g, 'b' || g FROM generate_series(1, 5) g`,
+    );
     const snapshot = async () => {
       await db.pool.query('SELECT pg_stat_force_next_flush()').catch(() => undefined);
       const rows = await db.pool.query(`SELECT * FROM jobs_in ORDER BY id`);
@@ -194,38 +229,69 @@ export default defineCluster({ name: 'ts', databaseUrl: 'postgres://file/db',
         `SELECT n_tup_upd, n_tup_ins, n_tup_del FROM pg_stat_user_tables WHERE relname = 'jobs_in'`,
       );
       const ns = await db.pool.query(`SELECT to_regnamespace('pampa') IS NULL AS absent`);
-      const idx = await db.pool.query(`SELECT indexname FROM pg_indexes WHERE tablename = 'jobs_in' ORDER BY 1`);
-      const trg = await db.pool.query(`SELECT tgname FROM pg_trigger WHERE tgrelid = 'jobs_in'::regclass`);
+      const idx = await db.pool.query(
+        `SELECT indexname FROM pg_indexes WHERE tablename = 'jobs_in' ORDER BY 1`,
+      );
+      const trg = await db.pool.query(
+        `SELECT tgname FROM pg_trigger WHERE tgrelid = 'jobs_in'::regclass`,
+      );
 
-      return { rows: rows.rows, cols: cols.rows, stat: stat.rows, ns: ns.rows, idx: idx.rows, trg: trg.rows };
+      return {
+        rows: rows.rows,
+        cols: cols.rows,
+        stat: stat.rows,
+        ns: ns.rows,
+        idx: idx.rows,
+        trg: trg.rows,
+      };
     };
     const before = await snapshot();
     assert.equal(before.ns[0].absent, true);
 
-    const j = defineJob({ name: 'mail', table: 'jobs_in', primaryKey: 'id', columns: { startedAt: 'begun' }, run });
+    const j = defineJob({
+      name: 'mail',
+      table: 'jobs_in',
+      primaryKey: 'id',
+      columns: { startedAt: 'begun' },
+      run,
+    });
     await assert.rejects(inspectJobTable(db.pool, j), (e: Error) => {
       assert.ok(e instanceof TableError, String(e));
       assert.match(e.message, /table jobs_in/);
       assert.match(e.message, /begun \(option columns\.startedAt\)/);
       assert.match(e.message, /mail_reserved_at \(option columns\.reservedAt\)/);
-      assert.doesNotMatch(e.message, /mail_reserved_by \(option/, 'an existing column is not called missing');
+      assert.doesNotMatch(
+        e.message,
+        /mail_reserved_by \(option/,
+        'an existing column is not called missing',
+      );
       assert.match(e.message, /its columns are: id, body, mail_reserved_by/);
       assert.match(e.message, /pampa migrate/);
 
       return true;
     });
     // A missing table and a missing primary key are named too.
-    await assert.rejects(inspectJobTable(db.pool, defineJob({ name: 'x', table: 'nope.none', primaryKey: 'id', run })), /table nope\.none does not exist/);
     await assert.rejects(
-      inspectJobTable(db.pool, defineJob({ name: 'mail', table: 'jobs_in', primaryKey: 'Id', run })),
+      inspectJobTable(db.pool, defineJob({ name: 'x', table: 'nope.none', primaryKey: 'id', run })),
+      /table nope\.none does not exist/,
+    );
+    await assert.rejects(
+      inspectJobTable(
+        db.pool,
+        defineJob({ name: 'mail', table: 'jobs_in', primaryKey: 'Id', run }),
+      ),
       /Id \(option primaryKey\)/,
     );
     assert.deepEqual(await snapshot(), before);
   });
 
   test('`pampa migrate` adds the columns; two concurrent runs and a third one all succeed', async () => {
-    await db.pool.query(`CREATE TABLE "Mail Queue" (id bigint PRIMARY KEY, body text, note text DEFAULT 'keep-me')`);
-    await db.pool.query(`INSERT INTO "Mail Queue" (id, body) SELECT g, 'b' FROM generate_series(1, 3) g`);
+    await db.pool.query(
+      `CREATE TABLE "Mail Queue" (id bigint PRIMARY KEY, body text, note text DEFAULT 'keep-me')`,
+    );
+    await db.pool.query(
+      `INSERT INTO "Mail Queue" (id, body) SELECT g, 'b' FROM generate_series(1, 3) g`,
+    );
     const file = join(dir, 'migrate.config.js');
     writeFileSync(
       file,
@@ -268,13 +334,23 @@ export default defineCluster({ name: 'ts', databaseUrl: 'postgres://file/db',
       'send_error text',
     ]);
     const migs = await db.pool.query(`SELECT id FROM pampa_mig.migrations ORDER BY id`);
-    assert.deepEqual(migs.rows.map((r) => r.id), [1, 2, 3]);
+    assert.deepEqual(
+      migs.rows.map((r) => r.id),
+      [1, 2, 3],
+    );
     const c = await migrateOnce();
     assert.equal(c.code, 0, c.out);
     assert.deepEqual(await cols(), after1);
-    const data = await db.pool.query(`SELECT id, body, note, send_tries FROM "Mail Queue" ORDER BY id`);
-    assert.deepEqual(data.rows, [1, 2, 3].map((id) => ({ id: String(id), body: 'b', note: 'keep-me', send_tries: 0 })));
-    const trig = await db.pool.query(`SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = '"Mail Queue"'::regclass AND NOT tgisinternal`);
+    const data = await db.pool.query(
+      `SELECT id, body, note, send_tries FROM "Mail Queue" ORDER BY id`,
+    );
+    assert.deepEqual(
+      data.rows,
+      [1, 2, 3].map((id) => ({ id: String(id), body: 'b', note: 'keep-me', send_tries: 0 })),
+    );
+    const trig = await db.pool.query(
+      `SELECT count(*)::int AS n FROM pg_trigger WHERE tgrelid = '"Mail Queue"'::regclass AND NOT tgisinternal`,
+    );
     assert.equal(trig.rows[0].n, 1, 'exactly one insert trigger');
 
     // The migrated table passes inspection.
@@ -289,7 +365,12 @@ export default defineCluster({ name: 'ts', databaseUrl: 'postgres://file/db',
 
     // A config error exits non-zero with the message on stderr.
     const bad = join(dir, 'bad.config.js');
-    writeFileSync(bad, module(`export default { name: 'mig', jobs: [{ name: 'send', table: 't', primaryKey: 'id', queueSize: -1, run() {} }] };`));
+    writeFileSync(
+      bad,
+      module(
+        `export default { name: 'mig', jobs: [{ name: 'send', table: 't', primaryKey: 'id', queueSize: -1, run() {} }] };`,
+      ),
+    );
     const failed = await new Promise<{ code: number | null; out: string }>((resolve) => {
       const child = spawn(process.execPath, [CLI, 'migrate', '--config', bad], {
         cwd: ROOT,

@@ -12,7 +12,12 @@ import { releaseTasks } from '../src/dispatch/release.js';
 import { countTasks, queuedPerWorker, reserveTasks } from '../src/dispatch/statements.js';
 import { fenceParams, fenceSql } from '../src/lease/fence.js';
 import { leasesTable } from '../src/lease/statements.js';
-import { finishTasks, MAX_ERROR_TEXT, safeErrorText, startTasks } from '../src/worker/statements.js';
+import {
+  finishTasks,
+  MAX_ERROR_TEXT,
+  safeErrorText,
+  startTasks,
+} from '../src/worker/statements.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 
 const SCHEMA = 'pampa';
@@ -174,8 +179,11 @@ describe('core statements on real PostgreSQL', () => {
   }
 
   beforeEach(async () => {
-    await ba.query(`UPDATE ${leasesTable(SCHEMA)} SET expires_at = now() + interval '1 hour', epoch = $2
-      WHERE cluster = $1`, [CLUSTER, EPOCH]);
+    await ba.query(
+      `UPDATE ${leasesTable(SCHEMA)} SET expires_at = now() + interval '1 hour', epoch = $2
+      WHERE cluster = $1`,
+      [CLUSTER, EPOCH],
+    );
   });
 
   test('migrateJobTable adds quoted columns once; inspectJobTable maps names and time types', async () => {
@@ -230,12 +238,20 @@ describe('core statements on real PostgreSQL', () => {
       assert.equal((await reserveTasks(ba, tb, ['w1', 'w2'], fence(EPOCH - 1))).size, 0);
       assert.equal((await reserveTasks(ba, tb, ['w1', 'w2'], fence(EPOCH, 'intruder'))).size, 0);
       // Expired lease (by the DB clock): nothing.
-      await ba.query(`UPDATE ${leasesTable(SCHEMA)} SET expires_at = now() - interval '1 ms' WHERE cluster = $1`, [CLUSTER]);
+      await ba.query(
+        `UPDATE ${leasesTable(SCHEMA)} SET expires_at = now() - interval '1 ms' WHERE cluster = $1`,
+        [CLUSTER],
+      );
       assert.equal((await reserveTasks(ba, tb, ['w1', 'w2'], fence())).size, 0);
-      const none = await ba.query(`SELECT count(*)::int AS n FROM ${tb.table} WHERE ${tb.col.reservedBy} IS NOT NULL`);
+      const none = await ba.query(
+        `SELECT count(*)::int AS n FROM ${tb.table} WHERE ${tb.col.reservedBy} IS NOT NULL`,
+      );
       assert.equal(none.rows[0].n, 0);
 
-      await ba.query(`UPDATE ${leasesTable(SCHEMA)} SET expires_at = now() + interval '1 hour' WHERE cluster = $1`, [CLUSTER]);
+      await ba.query(
+        `UPDATE ${leasesTable(SCHEMA)} SET expires_at = now() + interval '1 hour' WHERE cluster = $1`,
+        [CLUSTER],
+      );
       const given = await reserveTasks(ba, tb, ['w1', 'w2', 'w1', 'w2', 'w1'], fence());
       assert.deepEqual(Object.fromEntries(given), { w1: 3, w2: 2 });
       const q = await queuedPerWorker(ba, tb, ['w1', 'w2', 'w3']);
@@ -281,15 +297,33 @@ describe('core statements on real PostgreSQL', () => {
         );
         inserted += n;
         const [ga, gb] = await Promise.all([
-          reserveTasks(a as unknown as pg.PoolClient, tb, ['a1', 'a2', 'a1', 'a2', 'a1', 'a2', 'a1', 'a2', 'a1', 'a2', 'a1', 'a2'], fence()),
-          reserveTasks(b as unknown as pg.PoolClient, tb, ['b1', 'b2', 'b1', 'b2', 'b1', 'b2', 'b1', 'b2', 'b1', 'b2', 'b1', 'b2'], fence()),
+          reserveTasks(
+            a as unknown as pg.PoolClient,
+            tb,
+            ['a1', 'a2', 'a1', 'a2', 'a1', 'a2', 'a1', 'a2', 'a1', 'a2', 'a1', 'a2'],
+            fence(),
+          ),
+          reserveTasks(
+            b as unknown as pg.PoolClient,
+            tb,
+            ['b1', 'b2', 'b1', 'b2', 'b1', 'b2', 'b1', 'b2', 'b1', 'b2', 'b1', 'b2'],
+            fence(),
+          ),
         ]);
         const got = [...ga.values(), ...gb.values()].reduce((x, y) => x + y, 0);
         reservedTotal += got;
-        const held = await ba.query(`SELECT count(*)::int AS n FROM "My Schema"."order" WHERE "OrderJob_reserved_by" IS NOT NULL`);
-        assert.equal(held.rows[0].n, reservedTotal, `round ${round}: returned counts match the rows written`);
+        const held = await ba.query(
+          `SELECT count(*)::int AS n FROM "My Schema"."order" WHERE "OrderJob_reserved_by" IS NOT NULL`,
+        );
+        assert.equal(
+          held.rows[0].n,
+          reservedTotal,
+          `round ${round}: returned counts match the rows written`,
+        );
       }
-      const dup = await ba.query(`SELECT pk, array_agg(by) AS by FROM race_audit GROUP BY pk HAVING count(*) > 1`);
+      const dup = await ba.query(
+        `SELECT pk, array_agg(by) AS by FROM race_audit GROUP BY pk HAVING count(*) > 1`,
+      );
       assert.deepEqual(dup.rows, [], 'a row was reserved twice');
       const audit = await ba.query(`SELECT count(*)::int AS n FROM race_audit`);
       assert.equal(audit.rows[0].n, reservedTotal);
@@ -307,16 +341,28 @@ describe('core statements on real PostgreSQL', () => {
       await reset(tb, 3);
       await reserveTasks(ba, tb, ['w1', 'w1'], fence());
       const started = await startTasks(ba, tb, 'w1', 10);
-      assert.deepEqual(started.map((s) => [s.pk, s.attempt]), [['1', 1], ['2', 1]]);
+      assert.deepEqual(
+        started.map((s) => [s.pk, s.attempt]),
+        [
+          ['1', 1],
+          ['2', 1],
+        ],
+      );
       assert.equal(String(started[0].row[tb.job.primaryKey]), '1');
-      assert.equal((await startTasks(ba, tb, 'w1', 10)).length, 0, 'started rows are not started again');
+      assert.equal(
+        (await startTasks(ba, tb, 'w1', 10)).length,
+        0,
+        'started rows are not started again',
+      );
       assert.equal((await startTasks(ba, tb, 'w2', 10)).length, 0, 'another worker starts nothing');
       let r = await row(tb, '1');
       assert.equal(Number(r.tries), 1);
       assert.ok(r.started);
 
       // Success closes pk 1.
-      const written = await finishTasks(ba, tb, 'w1', [{ pk: '1', attempt: 1, ok: true, error: null }]);
+      const written = await finishTasks(ba, tb, 'w1', [
+        { pk: '1', attempt: 1, ok: true, error: null },
+      ]);
       assert.deepEqual([...written], ['1']);
       r = await row(tb, '1');
       assert.ok(r.ended, 'ended set');
@@ -324,8 +370,14 @@ describe('core statements on real PostgreSQL', () => {
       if (tb.col.success) assert.equal(r.success, true);
       if (tb.col.error) assert.equal(r.error, null);
       // Done is final: finishing it again, releasing it, reserving it change nothing.
-      assert.equal((await finishTasks(ba, tb, 'w1', [{ pk: '1', attempt: 1, ok: false, error: 'late' }])).size, 0);
-      assert.deepEqual(await releaseTasks(ba, tb, { reason: 'x', workers: ['w1'], onlyUnstarted: true }), { requeued: 0, closed: 0 });
+      assert.equal(
+        (await finishTasks(ba, tb, 'w1', [{ pk: '1', attempt: 1, ok: false, error: 'late' }])).size,
+        0,
+      );
+      assert.deepEqual(
+        await releaseTasks(ba, tb, { reason: 'x', workers: ['w1'], onlyUnstarted: true }),
+        { requeued: 0, closed: 0 },
+      );
       assert.deepEqual(await row(tb, '1'), r);
 
       // pk 2: w1 is lost, the row is given back and started again by w2 (attempt 2).
@@ -336,16 +388,32 @@ describe('core statements on real PostgreSQL', () => {
       const given = await reserveTasks(ba, tb, ['w2', 'w2', 'w2'], fence());
       assert.equal(given.get('w2'), 2);
       const again = await startTasks(ba, tb, 'w2', 1);
-      assert.deepEqual(again.map((s) => [s.pk, s.attempt]), [['2', 2]]);
+      assert.deepEqual(
+        again.map((s) => [s.pk, s.attempt]),
+        [['2', 2]],
+      );
       const snap = await row(tb, '2');
       // The old attempt's finish (success or failure) is a no-op and says so.
-      assert.equal((await finishTasks(ba, tb, 'w1', [{ pk: '2', attempt: 1, ok: true, error: null }])).size, 0);
-      assert.equal((await finishTasks(ba, tb, 'w1', [{ pk: '2', attempt: 1, ok: false, error: 'stale' }])).size, 0);
+      assert.equal(
+        (await finishTasks(ba, tb, 'w1', [{ pk: '2', attempt: 1, ok: true, error: null }])).size,
+        0,
+      );
+      assert.equal(
+        (await finishTasks(ba, tb, 'w1', [{ pk: '2', attempt: 1, ok: false, error: 'stale' }]))
+          .size,
+        0,
+      );
       // Right worker, wrong attempt: also a no-op.
-      assert.equal((await finishTasks(ba, tb, 'w2', [{ pk: '2', attempt: 1, ok: true, error: null }])).size, 0);
+      assert.equal(
+        (await finishTasks(ba, tb, 'w2', [{ pk: '2', attempt: 1, ok: true, error: null }])).size,
+        0,
+      );
       assert.deepEqual(await row(tb, '2'), snap);
       // The live attempt still finishes.
-      assert.equal((await finishTasks(ba, tb, 'w2', [{ pk: '2', attempt: 2, ok: true, error: null }])).size, 1);
+      assert.equal(
+        (await finishTasks(ba, tb, 'w2', [{ pk: '2', attempt: 2, ok: true, error: null }])).size,
+        1,
+      );
       assert.equal((await row(tb, '2')).note, 'keep-me');
     });
   }
@@ -357,8 +425,13 @@ describe('core statements on real PostgreSQL', () => {
       await reset(tb, 1);
       for (let attempt = 1; attempt <= max; attempt++) {
         const started = await reserveAndStart(tb, `w${attempt}`);
-        assert.deepEqual(started.map((s) => [s.pk, s.attempt]), [['1', attempt]]);
-        const written = await finishTasks(ba, tb, `w${attempt}`, [{ pk: '1', attempt, ok: false, error: `boom ${attempt}` }]);
+        assert.deepEqual(
+          started.map((s) => [s.pk, s.attempt]),
+          [['1', attempt]],
+        );
+        const written = await finishTasks(ba, tb, `w${attempt}`, [
+          { pk: '1', attempt, ok: false, error: `boom ${attempt}` },
+        ]);
         assert.equal(written.size, 1);
         const r = await row(tb, '1');
         assert.equal(Number(r.tries), attempt);
@@ -371,8 +444,18 @@ describe('core statements on real PostgreSQL', () => {
           const want = 30 * 2 ** (attempt - 1);
           const off = await atFromNow(tb, '1');
           assert.ok(Math.abs(off - want) < 5, `backoff ${off} s, want ~${want}`);
-          assert.equal((await reserveTasks(ba, tb, ['x', 'x'], fence())).size, 0, 'not reservable during the backoff');
-          assert.deepEqual(await countTasks(ba, tb), { total: 1, completed: 0, pending: 1, failed: 0, running: 0 });
+          assert.equal(
+            (await reserveTasks(ba, tb, ['x', 'x'], fence())).size,
+            0,
+            'not reservable during the backoff',
+          );
+          assert.deepEqual(await countTasks(ba, tb), {
+            total: 1,
+            completed: 0,
+            pending: 1,
+            failed: 0,
+            running: 0,
+          });
           await expireBackoff(tb);
         } else {
           // I7: closed, failed, with the error, tries = max.
@@ -381,12 +464,19 @@ describe('core statements on real PostgreSQL', () => {
           if (tb.col.error) assert.equal(r.error, `boom ${attempt}`);
           assert.equal(Number(r.tries), max);
           await expireBackoff(tb);
-          assert.equal((await reserveTasks(ba, tb, ['x', 'x'], fence())).size, 0, 'a closed task is never reserved again');
+          assert.equal(
+            (await reserveTasks(ba, tb, ['x', 'x'], fence())).size,
+            0,
+            'a closed task is never reserved again',
+          );
           assert.equal((await startTasks(ba, tb, `w${attempt}`, 5)).length, 0);
           const c = await countTasks(ba, tb);
-          assert.deepEqual(c, tb.col.success
-            ? { total: 1, completed: 0, pending: 0, failed: 1, running: 0 }
-            : { total: 1, completed: 1, pending: 0, failed: 0, running: 0 });
+          assert.deepEqual(
+            c,
+            tb.col.success
+              ? { total: 1, completed: 0, pending: 0, failed: 1, running: 0 }
+              : { total: 1, completed: 1, pending: 0, failed: 0, running: 0 },
+          );
         }
       }
     });
@@ -429,13 +519,33 @@ describe('core statements on real PostgreSQL', () => {
       await ba.query(`UPDATE ${tb.table} SET ${col.tries} = 2 WHERE ${tb.pk}::text = '1'`);
       await reserveTasks(ba, tb, ['w1', 'w1', 'w1', 'w1'], fence());
       const started = await startTasks(ba, tb, 'w1', 2);
-      assert.deepEqual(started.map((s) => [s.pk, s.attempt]), [['1', 3], ['2', 1]]);
-      assert.deepEqual(await countTasks(ba, tb), { total: 4, completed: 0, pending: 2, failed: 0, running: 2 });
+      assert.deepEqual(
+        started.map((s) => [s.pk, s.attempt]),
+        [
+          ['1', 3],
+          ['2', 1],
+        ],
+      );
+      assert.deepEqual(await countTasks(ba, tb), {
+        total: 4,
+        completed: 0,
+        pending: 2,
+        failed: 0,
+        running: 2,
+      });
       // Another worker's release touches none of w1's rows.
-      assert.deepEqual(await releaseTasks(ba, tb, { reason: 'other', workers: ['w9'] }), { requeued: 0, closed: 0 });
+      assert.deepEqual(await releaseTasks(ba, tb, { reason: 'other', workers: ['w9'] }), {
+        requeued: 0,
+        closed: 0,
+      });
       // Not old enough: nothing (also proves the `timestamp` comparison is not off by hours).
       assert.deepEqual(
-        await releaseTasks(ba, tb, { reason: 'old', startedOlderThanSeconds: 60, reservedOlderThanSeconds: 60, fence: fence() }),
+        await releaseTasks(ba, tb, {
+          reason: 'old',
+          startedOlderThanSeconds: 60,
+          reservedOlderThanSeconds: 60,
+          fence: fence(),
+        }),
         { requeued: 0, closed: 0 },
       );
       // Fenced with a stale epoch: nothing.
@@ -443,7 +553,11 @@ describe('core statements on real PostgreSQL', () => {
         await releaseTasks(ba, tb, { reason: 'fenced', workers: ['w1'], fence: fence(EPOCH - 1) }),
         { requeued: 0, closed: 0 },
       );
-      const res = await releaseTasks(ba, tb, { reason: 'worker lost', workers: ['w1'], fence: fence() });
+      const res = await releaseTasks(ba, tb, {
+        reason: 'worker lost',
+        workers: ['w1'],
+        fence: fence(),
+      });
       assert.deepEqual(res, { requeued: 3, closed: 1 });
       const r1 = await row(tb, '1');
       assert.ok(r1.ended);
@@ -451,12 +565,24 @@ describe('core statements on real PostgreSQL', () => {
       assert.equal(r1.success, false);
       assert.equal(r1.error, 'worker lost; tries used up (3)');
       const r2 = await row(tb, '2');
-      assert.deepEqual([r2.by, r2.started, r2.ended, Number(r2.tries), r2.error], [null, null, null, 1, 'worker lost']);
+      assert.deepEqual(
+        [r2.by, r2.started, r2.ended, Number(r2.tries), r2.error],
+        [null, null, null, 1, 'worker lost'],
+      );
       for (const pk of ['3', '4']) {
         const r = await row(tb, pk);
-        assert.deepEqual([r.by, r.at, r.started, r.ended, Number(r.tries ?? 0), r.error], [null, null, null, null, 0, null]);
+        assert.deepEqual(
+          [r.by, r.at, r.started, r.ended, Number(r.tries ?? 0), r.error],
+          [null, null, null, null, 0, null],
+        );
       }
-      assert.deepEqual(await countTasks(ba, tb), { total: 4, completed: 0, pending: 3, failed: 1, running: 0 });
+      assert.deepEqual(await countTasks(ba, tb), {
+        total: 4,
+        completed: 0,
+        pending: 3,
+        failed: 1,
+        running: 0,
+      });
       // The closed row is never picked again; the others are reservable at once.
       const given = await reserveTasks(ba, tb, Array(10).fill('w2'), fence());
       assert.equal(given.get('w2'), 3);
@@ -470,9 +596,15 @@ describe('core statements on real PostgreSQL', () => {
     assert.equal((await startTasks(ba, tb, 'w1', 1)).length, 1);
     // Used to fail with "could not determine data type of parameter $1": the reason is bound
     // but referenced only by the error column's SET.
-    assert.deepEqual(await releaseTasks(ba, tb, { reason: 'worker lost', workers: ['w1'] }), { requeued: 2, closed: 0 });
+    assert.deepEqual(await releaseTasks(ba, tb, { reason: 'worker lost', workers: ['w1'] }), {
+      requeued: 2,
+      closed: 0,
+    });
     const r = await ba.query(`SELECT "group", "By", "Tries" FROM "Select" ORDER BY 1`);
-    assert.deepEqual(r.rows, [{ group: 1, By: null, Tries: 1 }, { group: 2, By: null, Tries: null }]);
+    assert.deepEqual(r.rows, [
+      { group: 1, By: null, Tries: 1 },
+      { group: 2, By: null, Tries: null },
+    ]);
   });
 
   test('countTasks counts completed, failed, running and pending', async () => {
@@ -487,7 +619,13 @@ describe('core statements on real PostgreSQL', () => {
       { pk: '2', attempt: 3, ok: false, error: 'last' },
       { pk: '3', attempt: 1, ok: true, error: null },
     ]);
-    assert.deepEqual(await countTasks(ba, tb), { total: 7, completed: 2, pending: 3, failed: 1, running: 1 });
+    assert.deepEqual(await countTasks(ba, tb), {
+      total: 7,
+      completed: 2,
+      pending: 3,
+      failed: 1,
+      running: 1,
+    });
   });
 
   test('timestamp columns hold UTC wall time from the DB clock; timestamptz hold now()', async () => {
@@ -503,7 +641,8 @@ describe('core statements on real PostgreSQL', () => {
          FROM "user" WHERE id = 1`,
     );
     const x = r.rows[0];
-    for (const k of ['at', 'st', 'en'] as const) assert.ok(Math.abs(x[k]) < 5, `${k} off by ${x[k]} s`);
+    for (const k of ['at', 'st', 'en'] as const)
+      assert.ok(Math.abs(x[k]) < 5, `${k} off by ${x[k]} s`);
     // Buenos Aires is UTC−3: the session's local wall time is 3 h behind what was stored.
     assert.ok(Math.abs(x.local - 3 * 3600) < 5, `vs local time: ${x.local}`);
 

@@ -34,7 +34,10 @@ async function importModule(path: string): Promise<unknown> {
   if (/\.(ts|mts|cts)$/.test(path)) {
     const { tsImport } = await import('tsx/esm/api');
 
-    return tsImport(pathToFileURL(path).href, import.meta.url).then((m: { default?: { __esModule?: boolean } }) => (m.default?.__esModule ? m.default : m)); // a .ts outside a "type": "module" package loads as CommonJS
+    // A .ts module outside a "type": "module" package loads as CommonJS: unwrap its exports.
+    return tsImport(pathToFileURL(path).href, import.meta.url).then(
+      (m: { default?: { __esModule?: boolean } }) => (m.default?.__esModule ? m.default : m),
+    );
   }
 
   return import(pathToFileURL(path).href);

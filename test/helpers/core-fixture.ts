@@ -101,7 +101,12 @@ export function writeQaConfig(dir: string, o: QaConfigOptions = {}): string {
   const settings = {
     name: o.cluster ?? 'core',
     lease: { ttlMs: 1500, renewIntervalMs: 300, renewDeadlineMs: 1000 },
-    mesh: { advertIntervalMs: 300, advertTtlMs: 1500, heartbeatIntervalMs: 300, nodeDeadAfterMs: 2000 },
+    mesh: {
+      advertIntervalMs: 300,
+      advertTtlMs: 1500,
+      heartbeatIntervalMs: 300,
+      nodeDeadAfterMs: 2000,
+    },
     dispatchIntervalMs: 200,
     relaunchScanMs: 500,
     workerPollMs: 200,
@@ -183,10 +188,26 @@ export function startAgent(
   const out = createWriteStream(logFile);
   const child = spawn(
     process.execPath,
-    [CLI, 'agent', '--config', configFile, '--name', name, '--workers', String(workers), '--http-port', '0'],
+    [
+      CLI,
+      'agent',
+      '--config',
+      configFile,
+      '--name',
+      name,
+      '--workers',
+      String(workers),
+      '--http-port',
+      '0',
+    ],
     {
       cwd: ROOT,
-      env: { ...process.env, DATABASE_URL: databaseUrl, PAMPA_LOG_FORMAT: 'json', PAMPA_LOG_LEVEL: 'info' },
+      env: {
+        ...process.env,
+        DATABASE_URL: databaseUrl,
+        PAMPA_LOG_FORMAT: 'json',
+        PAMPA_LOG_LEVEL: 'info',
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     },
