@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
 import type { ClusterConfig } from '../config/schema.js';
 import { componentLogger, type Logger } from '../log.js';
-import { buildBundle, disposeBundle } from './bundle.js';
+import { buildBundle, disposeBundle, type Bundle } from './bundle.js';
 import { KnownHosts, defaultKnownHostsFile } from './hostkeys.js';
 import { installNode, uninstallNode, type NodeOutcome, type NodePlan } from './remote.js';
 
@@ -22,6 +22,11 @@ export interface InstallOptions {
   /** How long a started agent has to answer on its status port (ms, default 60 s). */
   agentWaitMs?: number;
   log?: Logger;
+  /**
+   * A bundle built beforehand with `buildBundle` (e.g. to install one release on several
+   * clusters); the caller disposes of it. Default: built from this package and configFile.
+   */
+  bundle?: Bundle;
 }
 
 /** Default number of nodes handled at once. */
@@ -85,8 +90,10 @@ export async function install(options: InstallOptions): Promise<NodeOutcome[]> {
   const knownHosts = await KnownHosts.load(options.knownHostsFile ?? defaultKnownHostsFile());
 
   const t0 = Date.now();
-  const bundle = await buildBundle({ configFile: options.configFile });
-  log.info({ version: bundle.version, bytes: bundle.bytes, ms: Date.now() - t0 }, 'bundle built');
+  const bundle = options.bundle ?? (await buildBundle({ configFile: options.configFile }));
+  if (!options.bundle) {
+    log.info({ version: bundle.version, bytes: bundle.bytes, ms: Date.now() - t0 }, 'bundle built');
+  }
 
   try {
     return await mapBounded(plans, options.concurrency ?? defaultConcurrency, (plan) =>
@@ -100,7 +107,7 @@ export async function install(options: InstallOptions): Promise<NodeOutcome[]> {
       }),
     );
   } finally {
-    await disposeBundle(bundle);
+    if (!options.bundle) await disposeBundle(bundle);
   }
 }
 

@@ -235,8 +235,7 @@ export class SshSession {
 }
 
 function describe(err: Error & { level?: string }): string {
-  if (err.level === 'client-authentication') return 'authentication failed (wrong password or key)';
-  if (err.level === 'client-timeout') return err.message;
-
-  return err.message;
+  return err.level === 'client-authentication'
+    ? 'authentication failed (wrong password or key)'
+    : err.message;
 }
