@@ -70,6 +70,7 @@ export class Agent {
       await this.startParts();
     } catch (err) {
       for (const undo of this.started.reverse()) await undo().catch(() => undefined);
+      this.started.length = 0;
       throw err;
     }
     this.log.info(
@@ -158,7 +159,10 @@ export class Agent {
       workers: () => [
         ...(this.draining
           ? []
-          : this.pool.states().map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }))),
+          : this.pool
+              .states()
+              .filter((w) => w.pid !== null)
+              .map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }))),
         ...this.view.remoteWorkers(),
       ],
       deadWorkers: () => this.view.deadWorkers(),
@@ -271,6 +275,24 @@ export class Agent {
     return this.stopping;
   }
 
+  /**
+   * A dispatcher elsewhere may have reserved tasks to this node before it heard the node was
+   * draining: give those back too, last thing before the pool closes.
+   */
+  private async releaseLate(): Promise<void> {
+    if (!this.pool) return;
+    const workers = this.pool.ids();
+    for (const table of this.tables.values()) {
+      try {
+        const r = await releaseTasks(this.db, table, { reason: 'shutdown', workers });
+        if (r.requeued + r.closed > 0)
+          this.log.info({ job: table.job.name, ...r }, 'late reservations given back');
+      } catch (err) {
+        this.log.warn({ err, job: table.job.name }, 'could not give back late reservations');
+      }
+    }
+  }
+
   private async shutdown(): Promise<void> {
     this.log.info({ graceMs: this.config.shutdownGraceMs }, 'agent stopping');
     this.draining = true;
@@ -280,6 +302,7 @@ export class Agent {
     await this.listener?.stop();
     await this.pool?.drain(this.config.shutdownGraceMs);
     await this.view?.stop().catch(() => undefined);
+    await this.releaseLate();
     await this.status?.stop();
     await this.db?.end().catch((err) => {
       if (!isTransientDbError(err)) this.log.warn({ err }, 'pool close failed');

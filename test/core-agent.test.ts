@@ -409,18 +409,12 @@ describe('core agent processes', { concurrency: false }, () => {
     },
   );
 
-  // Known gap (reported): a worker starts fast tasks in batches (startTasks sets started_at and
-  // tries for the whole batch, then runs them one by one). When the worker dies inside a batch,
-  // the tasks after the poison row were charged a try without ever running; the drain path
-  // gives such tasks back with unstartTasks(), the crash path (WorkerPool.releaseOf →
-  // releaseTasks) does not. Whether a batch boundary falls right after the poison row is
-  // timing-dependent, so this test can pass by luck.
+  // A worker starts fast tasks in batches (start time and tries for the whole batch, then runs
+  // them one by one). When it dies inside a batch, the tasks after the one it was running never
+  // ran: the agent undoes their start, so they are not charged a try.
   test(
     '(g) S16 with fast tasks: rows batch-started behind the poison row are not charged a try',
-    {
-      timeout: 60_000,
-      todo: 'tries charged to batch-started tasks that never ran when their worker dies',
-    },
+    { timeout: 60_000 },
     async () => {
       const rows: [number, string][] = [];
       for (let i = 1; i <= 60; i++) rows.push([i, i === 31 ? 'die' : 'sleep:0']);

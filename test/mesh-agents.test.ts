@@ -75,6 +75,11 @@ describe('agents in a mesh', () => {
     const victim = agents.find((a) => a.name === holderNode && a.child.exitCode === null)!;
     killGroup(victim);
     await victim.exit;
+    // The killed agent's executions never record their end: they ended with the process.
+    await db.pool.query(
+      `UPDATE qa_exec_log SET t_end = clock_timestamp() WHERE t_end IS NULL AND worker LIKE $1`,
+      [`${victim.name}.%`],
+    );
     await waitUntil(
       'a new dispatcher',
       async () => {
@@ -157,6 +162,41 @@ describe('agents in a mesh', () => {
       'every row closed',
       async () => (await count(`SELECT count(*) AS n FROM qa_task WHERE ended_at IS NULL`)) === 0,
       120_000,
+    );
+    assert.equal(await overlaps(), 0);
+  });
+
+  it('S10: database connections killed again and again: no agent crashes, work resumes', async () => {
+    const config = writeQaConfig('mesh4');
+    await db.pool.query(`DELETE FROM qa_task; DELETE FROM qa_exec_log; DELETE FROM qa_write_log`);
+    await db.pool.query(
+      `INSERT INTO qa_task (id, payload) SELECT g, 'sleep:20' FROM generate_series(1, 600) g`,
+    );
+    const group = ['d1', 'd2', 'd3'].map((n) =>
+      startAgentProc(config, n, db.url, ['--workers', '1']),
+    );
+    agents.push(...group);
+    await waitUntil(
+      'work to start',
+      async () => (await count(`SELECT count(*) AS n FROM qa_exec_log`)) > 20,
+    );
+    for (let i = 0; i < 15; i++) {
+      await db.pool.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'd_-%' AND pid <> pg_backend_pid()`,
+      );
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    for (const a of group) assert.equal(a.child.exitCode, null, `${a.name} is still running`);
+    await waitUntil(
+      'every row closed',
+      async () => (await count(`SELECT count(*) AS n FROM qa_task WHERE ended_at IS NULL`)) === 0,
+      120_000,
+    );
+    for (const a of group) assert.equal(a.child.exitCode, null, `${a.name} is still running`);
+    assert.equal(await count(`SELECT count(*) AS n FROM qa_task WHERE rsv_tries > 3`), 0);
+    assert.equal(
+      await count(`SELECT count(*) AS n FROM qa_task WHERE rsv_by IS NOT NULL AND rsv_at IS NULL`),
+      0,
     );
     assert.equal(await overlaps(), 0);
   });

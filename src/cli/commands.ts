@@ -1,7 +1,7 @@
 import { Agent } from '../../agent/agent.js';
 import { loadConfig } from '../config/load.js';
 import { migrate } from '../db/migrations.js';
-import { createPool } from '../db/pool.js';
+import { createPool, isTransientDbError } from '../db/pool.js';
 import { migrateJobTable } from '../db/user-table.js';
 import { rootLogger } from '../log.js';
 
@@ -18,16 +18,18 @@ export interface AgentCommandOptions {
 export async function runAgentCommand(o: AgentCommandOptions): Promise<void> {
   const log = rootLogger();
   const config = await loadConfig(o.config);
-  const agent = new Agent({
-    configPath: o.config,
-    config,
-    node: o.name,
-    listen: o.listen,
-    httpPort: o.httpPort,
-    httpHost: o.httpHost,
-    workers: o.workers,
-    log,
-  });
+  const make = () =>
+    new Agent({
+      configPath: o.config,
+      config,
+      node: o.name,
+      listen: o.listen,
+      httpPort: o.httpPort,
+      httpHost: o.httpHost,
+      workers: o.workers,
+      log,
+    });
+  let agent = make();
   let signals = 0;
   const onSignal = (signal: string) => {
     signals++;
@@ -46,7 +48,22 @@ export async function runAgentCommand(o: AgentCommandOptions): Promise<void> {
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
-  await agent.start();
+  // The database may be restarting or dropping connections: keep trying, as a supervisor would.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await agent.start();
+      return;
+    } catch (err) {
+      if (!isTransientDbError(err) || signals > 0) throw err;
+      const delay = Math.min(5000, 200 * 2 ** Math.min(attempt, 5));
+      log.warn(
+        { err: { message: (err as Error).message }, attempt, delay },
+        'agent start failed; retrying',
+      );
+      await new Promise((r) => setTimeout(r, delay));
+      agent = make();
+    }
+  }
 }
 
 /** `pampa migrate`: Pampa's schema, then each job's table. */

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import '../polyfills.js';
 import { Command, InvalidArgumentError } from 'commander';
+import { registerInstallCommands } from '../install/install.js';
 import { registerStatusCommands } from '../status/commands.js';
 import { VERSION } from '../version.js';
 import { runAgentCommand, runMigrateCommand } from './commands.js';
@@ -78,6 +79,7 @@ program
   .action(runMigrateCommand);
 
 registerStatusCommands(program);
+registerInstallCommands(program);
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`pampa: ${err instanceof Error ? err.message : String(err)}\n`);

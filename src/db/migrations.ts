@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { withTransaction } from './pool.js';
 import { quoteIdent } from './quote.js';
 
 /**
@@ -59,9 +60,7 @@ const LOCK_KEY = 0x70616d70; // 'pamp'
 export async function migrate(pool: pg.Pool, schema: string): Promise<number[]> {
   const s = quoteIdent(schema);
   const applied: number[] = [];
-  const client = await pool.connect();
-  try {
-    await client.query('BEGIN');
+  await withTransaction(pool, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock($1)', [LOCK_KEY]);
     await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
     await client.query(
@@ -76,13 +75,7 @@ export async function migrate(pool: pg.Pool, schema: string): Promise<number[]> 
       await client.query(`INSERT INTO ${s}.migrations (id, name) VALUES ($1, $2)`, [m.id, m.name]);
       applied.push(m.id);
     }
-    await client.query('COMMIT');
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
-  }
+  });
 
   return applied;
 }

@@ -64,3 +64,33 @@ export function isTransientDbError(err: unknown): boolean {
     err.message,
   );
 }
+
+/**
+ * Runs `fn` inside a transaction on one client of the pool. While checked out, a client whose
+ * connection dies emits 'error' with nobody listening, which would kill the process; the
+ * listener here turns that into the failure of the transaction instead.
+ */
+export async function withTransaction<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  const onError = (err: Error) => {
+    broken = err;
+  };
+  client.on('error', onError);
+  try {
+    await client.query('BEGIN');
+    const result = await fn(client);
+    await client.query('COMMIT');
+
+    return result;
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  } finally {
+    client.off('error', onError);
+    client.release(broken ?? false);
+  }
+}

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { reservationColumns, type JobConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
+import { withTransaction } from './pool.js';
 import { derivedName, quoteIdent, quoteTable, splitTable } from './quote.js';
 import { describeColumns, TableError } from './table.js';
 
@@ -66,19 +67,11 @@ export async function migrateJobTable(
     `CREATE TRIGGER ${idx('notify')} AFTER INSERT ON ${table} FOR EACH STATEMENT EXECUTE FUNCTION ${fn}()`,
   );
 
-  const client = await pool.connect();
-  try {
-    await client.query('BEGIN');
+  await withTransaction(pool, async (client) => {
     // Serialise concurrent migrations of the same table (two agents starting together).
     await client.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`pampa:${job.table}`]);
     for (const sql of statements) await client.query(sql);
-    await client.query('COMMIT');
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined);
-    throw err;
-  } finally {
-    client.release();
-  }
+  });
   log.info(
     { job: job.name, table: job.table, schema: tableSchema, statements: statements.length },
     'job table migrated',

@@ -30,6 +30,14 @@ function send(msg: FromWorker): void {
   if (process.send && process.connected) process.send(msg);
 }
 
+/** Resolves once the message is handed to the kernel: the agent reads it even if we die next. */
+function sendConfirmed(msg: FromWorker): Promise<void> {
+  return new Promise((resolve) => {
+    if (!process.send || !process.connected) return resolve();
+    process.send(msg, undefined, {}, () => resolve());
+  });
+}
+
 let wakeUp: (() => void) | null = null;
 let draining = false;
 let runningSince: number | null = null;
@@ -39,10 +47,9 @@ process.on('message', (msg: ToWorker) => {
   if (msg.t === 'drain') draining = true;
   wakeUp?.();
 });
-process.on('disconnect', () => {
-  draining = true;
-  wakeUp?.();
-});
+// The agent is gone (killed): nobody supervises this process any more, and the dispatcher will
+// relaunch its tasks elsewhere, so a task still running here must not go on.
+process.on('disconnect', () => process.exit(1));
 process.on('SIGTERM', () => {
   draining = true;
   wakeUp?.();
@@ -113,13 +120,15 @@ async function main(): Promise<void> {
       await sleep(init.pollMs);
       continue;
     }
-    send({ t: 'started', n: batch.length });
+    send({ t: 'started', n: batch.length, tasks: batch.map((b) => ({ pk: b.pk, attempt: b.attempt })) });
 
     const results: TaskResult[] = [];
     let overran = false;
     let i = 0;
     for (; i < batch.length && !(draining && i > 0); i++) {
       const task = batch[i];
+      // In a batch, the agent must know which started tasks never ran if this process dies.
+      if (batch.length > 1) await sendConfirmed({ t: 'running', index: i });
       const t0 = performance.now();
       const outcome = await runOne(job, table, task, db, maxMs);
       const ms = performance.now() - t0;

@@ -5,6 +5,7 @@ import type { JobTable } from '../db/table.js';
 import type { Logger } from '../log.js';
 import { releaseTasks } from '../dispatch/release.js';
 import { isTransientDbError } from '../db/pool.js';
+import { unstartTasks } from './statements.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 
 const CHILD = fileURLToPath(new URL('./child.js', import.meta.url));
@@ -47,6 +48,9 @@ interface Slot extends WorkerState {
   runningSince: number | null;
   lastHeartbeat: number;
   stopping: boolean;
+  /** The batch started last and the index of the task reported running (−1: none yet). */
+  batch: { pk: string; attempt: number }[];
+  runningIndex: number;
   /** Resolves once the process is gone and its tasks were released. */
   exited: Promise<void>;
   onGone: () => void;
@@ -87,6 +91,8 @@ export class WorkerPool {
         stopping: false,
         exited: Promise.resolve(),
         onGone: () => undefined,
+        batch: [],
+        runningIndex: -1,
       };
       this.slots.push(slot);
       this.spawn(slot);
@@ -149,12 +155,18 @@ export class WorkerPool {
         s.restarts = 0;
         break;
       case 'started':
+        s.batch = msg.tasks;
+        s.runningIndex = -1;
         s.busy = true;
         s.lastActivityAt = Date.now();
         this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'started', n: msg.n });
         this.o.onCapacity();
         break;
+      case 'running':
+        s.runningIndex = msg.index;
+        break;
       case 'finished':
+        s.batch = [];
         s.busy = false;
         s.done += msg.ok;
         s.failed += msg.failed;
@@ -206,6 +218,7 @@ export class WorkerPool {
         ? `worker process ${s.id} stopped an overrunning task`
         : `worker process ${s.id} exited with code ${code}`;
     if (!s.stopping) this.o.log.warn({ worker: s.id, code, signal }, 'worker process died');
+    await this.unstartUnrun(s);
     await this.releaseOf(s, s.stopping ? 'shutdown' : reason);
     s.onGone();
     if (s.stopping || !this.started) return;
@@ -215,6 +228,23 @@ export class WorkerPool {
       if (!s.stopping && this.started) this.spawn(s);
     }, delay).unref();
     this.o.onCapacity();
+  }
+
+  /**
+   * Tasks of the dead worker's last batch that it never began: their start is undone, so they
+   * are not charged a try. The task reported running (and any before it) did run.
+   */
+  private async unstartUnrun(s: Slot): Promise<void> {
+    const table = this.o.tables.get(s.job);
+    const unrun = s.batch.slice(s.batch.length > 1 ? s.runningIndex + 1 : s.batch.length);
+    s.batch = [];
+    if (!table || unrun.length === 0) return;
+    try {
+      const n = await unstartTasks(this.o.db, table, s.id, unrun);
+      if (n > 0) this.o.log.info({ worker: s.id, tasks: n }, 'tasks that never ran given back');
+    } catch (err) {
+      this.o.log.warn({ err, worker: s.id }, 'could not give back tasks that never ran');
+    }
   }
 
   /** Gives back the tasks held by a worker that is gone, retrying while the database is down. */

@@ -17,7 +17,9 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'ready' }
   /** Started `n` tasks; the queue the dispatcher tops up just shrank. */
-  | { t: 'started'; n: number }
+  | { t: 'started'; n: number; tasks: { pk: string; attempt: number }[] }
+  /** About to run task `index` of the batch; sent before it runs, confirmed written. */
+  | { t: 'running'; index: number }
   | { t: 'finished'; ok: number; failed: number; stale: number }
   /** Every 500 ms: whether a task is running and since when (epoch ms). */
   | { t: 'heartbeat'; runningSince: number | null; task: string | null }
