@@ -65,14 +65,18 @@ describe('Membership', () => {
     assert.equal(m.state('n1'), 'alive', 'gossip back');
   });
 
-  it('a disconnected peer with a fresh advert is suspect, and alive again on reconnect', () => {
+  it('a disconnected peer is suspect while its registry heartbeat is fresh, alive on reconnect', () => {
     const { m, advance } = setup();
     m.observeAdvert(advert('n1', 1));
+    m.observeRegistry([row('n1', 0)]);
     m.peerConnected('n1-peer');
     assert.equal(m.state('n1'), 'alive');
 
     m.peerDisconnected('n1-peer');
     assert.equal(m.state('n1'), 'suspect');
+    advance(DEAD);
+    assert.equal(m.state('n1'), 'dead', 'connection gone and registry stale');
+    m.observeRegistry([row('n1', 0)]);
 
     m.peerConnected('n1-peer');
     assert.equal(m.state('n1'), 'alive');

@@ -117,6 +117,9 @@ function startAgent(i: number, workers: number, url: string, logDir: string): Ch
     {
       env: { ...process.env, DATABASE_URL: url, PAMPA_LOG_FORMAT: 'json' },
       stdio: ['ignore', 'pipe', 'pipe'],
+      // Own process group: Ctrl-C in the terminal reaches the demo only, which then stops
+      // each agent once (a second signal would force the agent out without draining).
+      detached: true,
     },
   );
   child.stdout!.pipe(out);

@@ -164,7 +164,9 @@ export class Membership {
     let state: NodeState;
     if (stopped) state = 'dead';
     else if (advertFresh && connected !== false) state = 'alive';
-    else if (advertFresh || registryFresh) state = 'suspect';
+    // Gossip silent or the connection gone, and the registry stale too: dead. A fresh registry
+    // heartbeat keeps a node it cannot hear merely suspect (gossip loss alone proves nothing).
+    else if (registryFresh) state = 'suspect';
     else state = 'dead';
 
     return {

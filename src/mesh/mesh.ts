@@ -26,6 +26,12 @@ import type { AssignmentMessage, CapacityAdvert } from './types.js';
 
 /** How often known-but-disconnected peers are checked for a re-dial (ms). */
 const REDIAL_TICK_MS = 250;
+/**
+ * A connected peer that gossip does not see subscribed for this long is hung up on, so the
+ * dialer connects afresh (ms). Seen under load: two agents dial each other at once, one of the
+ * two connections is pruned, and gossipsub's streams went with it while the other stayed up.
+ */
+const UNSUBSCRIBED_GRACE_MS = 5000;
 /** "Published to no peer" is logged at most this often (ms). */
 const NO_PEERS_LOG_MS = 10_000;
 
@@ -96,6 +102,9 @@ export class Mesh extends EventEmitter<MeshEvents> {
   private received = 0;
   private published = 0;
   private lastNoPeersLog = -Infinity;
+  /** Connected peers not (yet) seen subscribed, with since when (monotonic ms). */
+  private readonly unsubscribedSince = new Map<string, number>();
+  private repairs = 0;
 
   constructor(options: MeshOptions) {
     super();
@@ -265,8 +274,42 @@ export class Mesh extends EventEmitter<MeshEvents> {
   private tick(): void {
     try {
       this.dialer?.tick();
+      this.repairSilentPeers();
     } catch (err) {
       this.log.warn({ err }, 'peer re-dial round failed');
+    }
+  }
+
+  /**
+   * Hangs up on peers connected for UNSUBSCRIBED_GRACE_MS without a gossip subscription and a
+   * gossip stream both ways.
+   */
+  private repairSilentPeers(): void {
+    const node = this.node;
+    if (!node) return;
+    const now = performance.now();
+    const gossip = gossipOf(node);
+    const subscribed = new Set(
+      gossip
+        .getSubscribers(this.topics.advert)
+        .map((p) => p.toString())
+        .filter((p) => gossip.streamsOutbound.has(p) && gossip.streamsInbound.has(p)),
+    );
+    const connected = new Set(node.getPeers().map((p) => p.toString()));
+    for (const peer of this.unsubscribedSince.keys()) {
+      if (!connected.has(peer) || subscribed.has(peer)) this.unsubscribedSince.delete(peer);
+    }
+    for (const peer of connected) {
+      if (subscribed.has(peer)) continue;
+      const since = this.unsubscribedSince.get(peer);
+      if (since === undefined) {
+        this.unsubscribedSince.set(peer, now);
+      } else if (now - since > UNSUBSCRIBED_GRACE_MS) {
+        this.unsubscribedSince.delete(peer);
+        this.repairs += 1;
+        this.log.warn({ peer }, 'connected peer without gossip; reconnecting');
+        void node.hangUp(peerIdFromString(peer)).catch(() => undefined);
+      }
     }
   }
 
