@@ -278,9 +278,15 @@ export async function runChecks(
       if (new Set(attempts).size !== attempts.length)
         c.violation('attempt repeated', `task ${t.id}: attempts ${attempts.join(',')}`);
       if (attempts.some((a) => a > tries || a < 1))
-        c.violation('attempt out of range', `task ${t.id}: attempts ${attempts.join(',')}, tries ${tries}`);
+        c.violation(
+          'attempt out of range',
+          `task ${t.id}: attempts ${attempts.join(',')}, tries ${tries}`,
+        );
       if (tries > list.length)
-        c.note('tries charged without an execution record', `task ${t.id}: tries ${tries}, executions ${list.length}`);
+        c.note(
+          'tries charged without an execution record',
+          `task ${t.id}: tries ${tries}, executions ${list.length}`,
+        );
       c.count(`tasks with ${list.length} execution(s)`);
     }
     out.push(c.result(`tries ≤ maxTryTimes (${facts.maxTries}) and executions ≤ tries`));
@@ -297,11 +303,17 @@ export async function runChecks(
       const throwing = t.payload.startsWith('fail:');
       const returned = list.filter((e) => e.outcome === 'returned').length;
       const last = list[list.length - 1];
-      const lastLost = !last || last.t_end === null || (t.rsv_tries ?? 0) > list.length;
+      // An attempt is lost when its execution never ended, or ended but its agent died before
+      // the result was written (the task was then closed by a release naming the loss).
+      const died = (e: ExecRow) => e.t_end === null || lostAt(e) !== null;
+      const lastLost = !last || died(last) || (t.rsv_tries ?? 0) > list.length;
       if (t.ok === true) {
         if (throwing) c.violation('throwing task succeeded', `task ${t.id} (${t.payload})`);
         else if (t.result !== 'done' || t.err !== null)
-          c.violation('succeeded without its result', `task ${t.id} result=${t.result} err=${t.err}`);
+          c.violation(
+            'succeeded without its result',
+            `task ${t.id} result=${t.result} err=${t.err}`,
+          );
         else if (returned === 0)
           c.violation('succeeded without an execution that returned', `task ${t.id}`);
         else c.count('succeeded');
@@ -326,7 +338,7 @@ export async function runChecks(
         if (t.result !== null) c.violation('throwing task has a result', `task ${t.id}`);
         continue;
       }
-      if (returned === 0 && LOSS.test(t.err) && list.every((e) => e.t_end === null))
+      if (LOSS.test(t.err) && list.every(died))
         c.note(
           'every try lost to kills',
           `task ${t.id}: ${list.length} executions, err ${JSON.stringify(t.err.slice(0, 160))}`,
@@ -382,7 +394,10 @@ export async function runChecks(
       const isReserve = w.old_by === null && w.new_by !== null;
       const isMainPool = !w.app.includes('/');
       const relaunchOther =
-        isMainPool && w.old_by !== null && w.old_by !== w.new_by && nodeOfWorker(w.old_by) !== run.node;
+        isMainPool &&
+        w.old_by !== null &&
+        w.old_by !== w.new_by &&
+        nodeOfWorker(w.old_by) !== run.node;
       if (isReserve || relaunchOther) {
         c.count(isReserve ? 'reservation writes' : 'relaunches of other nodes’ tasks');
         if (w.lease_holder !== w.app || w.lease_live !== true)
@@ -398,7 +413,10 @@ export async function runChecks(
       }
       // (d) Done is final (I3).
       if (w.old_end_set && w.old_ok === true)
-        c.violation('write to a task closed as done (I3)', `write ${w.seq} task ${w.task_id} app ${w.app}`);
+        c.violation(
+          'write to a task closed as done (I3)',
+          `write ${w.seq} task ${w.task_id} app ${w.app}`,
+        );
     }
     for (const [epoch, apps] of reserveApps)
       if (apps.size > 1)
@@ -407,7 +425,8 @@ export async function runChecks(
     const stale = await db.query<{ id: string }>(
       `SELECT id::text FROM qa_task WHERE rsv_by IS NOT NULL AND rsv_at IS NULL`,
     );
-    for (const r of stale.rows) c.violation('rsv_by set with rsv_at NULL', `task ${r.id} (final state)`);
+    for (const r of stale.rows)
+      c.violation('rsv_by set with rsv_at NULL', `task ${r.id} (final state)`);
     // The paused dispatcher: what it wrote after it resumed.
     if (facts.pause) {
       const p = facts.pause;
@@ -426,25 +445,32 @@ export async function runChecks(
           `in epoch(s) ${[...epochs].join(', ')} (before the pause: ${p.epochBefore}); first at ${iso(after[0].stmt_at)}`,
         );
     }
-    out.push(c.result('no stale write (dead agents, lease fence, rsv_by without rsv_at, done is final)'));
+    out.push(
+      c.result('no stale write (dead agents, lease fence, rsv_by without rsv_at, done is final)'),
+    );
   }
 
   // 7. User columns untouched by the system.
   {
     const c = new Collector();
     for (const t of tasks) {
-      if (t.note !== 'keep-me') c.violation('note changed', `task ${t.id}: note=${JSON.stringify(t.note)}`);
+      if (t.note !== 'keep-me')
+        c.violation('note changed', `task ${t.id}: note=${JSON.stringify(t.note)}`);
       if (t.result !== null && t.payload.startsWith('fail:'))
         c.violation('result on a throwing task', `task ${t.id}: ${t.result}`);
     }
     for (const w of writes) {
-      if (w.note_changed) c.violation('write changed note', `write ${w.seq} task ${w.task_id} app ${w.app}`);
+      if (w.note_changed)
+        c.violation('write changed note', `write ${w.seq} task ${w.task_id} app ${w.app}`);
       if (w.result_changed) {
         c.count('result writes');
         const reservation =
           w.old_by !== w.new_by || w.old_tries !== w.new_tries || w.start_changed || w.end_changed;
         if (reservation || !w.app.includes('/'))
-          c.violation('system statement wrote result', `write ${w.seq} task ${w.task_id} app ${w.app}`);
+          c.violation(
+            'system statement wrote result',
+            `write ${w.seq} task ${w.task_id} app ${w.app}`,
+          );
       }
     }
     out.push(c.result('user columns untouched (note keeps its value; result only by the task)'));
@@ -457,7 +483,10 @@ export async function runChecks(
       c.count(`runs ${r.cause ?? 'running'}`);
       if (r.cause === 'exited') {
         if (r.upAt === null)
-          c.note('exited during start-up', `${r.agentId ?? r.node} code ${r.code} signal ${r.signal}`);
+          c.note(
+            'exited during start-up',
+            `${r.agentId ?? r.node} code ${r.code} signal ${r.signal}`,
+          );
         else
           c.violation(
             'exited on its own',
@@ -476,7 +505,8 @@ export async function runChecks(
     c.count('kills', facts.kills);
     c.count('dispatcher kills', facts.dispatcherKills);
     if (facts.kills === 0) c.violation('no kill', 'the run ended before the first kill');
-    if (facts.dispatcherKills === 0) c.violation('no dispatcher kill', 'the lease holder was never killed');
+    if (facts.dispatcherKills === 0)
+      c.violation('no dispatcher kill', 'the lease holder was never killed');
     if (!facts.pgRestart) c.violation('no PostgreSQL restart', 'the run ended before it');
     else c.count('PostgreSQL down (ms)', facts.pgRestart.upAt - facts.pgRestart.downAt);
     if (!facts.pause) c.violation('no SIGSTOP', 'the run ended before it');
@@ -489,7 +519,11 @@ export async function runChecks(
         );
       else c.count('take-over after SIGSTOP (ms)', facts.pause.takeover.at - facts.pause.stopAt);
     }
-    out.push(c.result('chaos exercised: kills, dispatcher kill, SIGSTOP past the lease, PostgreSQL restart'));
+    out.push(
+      c.result(
+        'chaos exercised: kills, dispatcher kill, SIGSTOP past the lease, PostgreSQL restart',
+      ),
+    );
   }
 
   return out;

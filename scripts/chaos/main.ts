@@ -15,10 +15,25 @@ const program = new Command('chaos')
   .option('--agents <n>', 'agents', num('--agents'), DEFAULTS.agents)
   .option('--tasks <n>', 'tasks', num('--tasks'), DEFAULTS.tasks)
   .option('--workers <n>', 'worker processes per agent', num('--workers'), DEFAULTS.workers)
-  .option('--kill-every <s>', 'mean seconds between SIGKILLs', num('--kill-every'), DEFAULTS.killEveryMs / 1000)
-  .option('--stop-ms <ms>', "how long the dispatcher stays SIGSTOPped", num('--stop-ms'), DEFAULTS.stopMs)
+  .option(
+    '--kill-every <s>',
+    'mean seconds between SIGKILLs',
+    num('--kill-every'),
+    DEFAULTS.killEveryMs / 1000,
+  )
+  .option(
+    '--stop-ms <ms>',
+    'how long the dispatcher stays SIGSTOPped',
+    num('--stop-ms'),
+    DEFAULTS.stopMs,
+  )
   .option('--seed <n>', 'seed of the task mix and the kill choices', num('--seed'), DEFAULTS.seed)
-  .option('--timeout <s>', 'give up (and fail) after this many seconds', num('--timeout'), DEFAULTS.timeoutMs / 1000)
+  .option(
+    '--timeout <s>',
+    'give up (and fail) after this many seconds',
+    num('--timeout'),
+    DEFAULTS.timeoutMs / 1000,
+  )
   .option('--json', 'print one JSON summary', false)
   .action(
     async (o: {
@@ -47,6 +62,8 @@ const program = new Command('chaos')
   );
 
 program.parseAsync().catch((err: unknown) => {
-  process.stderr.write(`chaos: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.stderr.write(
+    `chaos: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+  );
   process.exitCode = 2;
 });

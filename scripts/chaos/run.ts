@@ -55,7 +55,11 @@ export interface ChaosSummary {
   tasks: { total: number; sleepShort: number; sleepLong: number; throwing: number };
   outcome: { succeeded: number; failed: number; notClosed: number };
   executions: number;
-  kills: { total: number; dispatcher: number; at: { node: string; agent: string | null; dispatcher: boolean; at: string }[] };
+  kills: {
+    total: number;
+    dispatcher: number;
+    at: { node: string; agent: string | null; dispatcher: boolean; at: string }[];
+  };
   sigstop: {
     agent: string;
     stoppedMs: number;
@@ -106,19 +110,30 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
   if (o.stopMs <= o.leaseTtlMs) throw new Error('--stop-ms must exceed the lease ttl');
   const log = o.log ?? pino({ level: 'warn' }, pino.destination(2));
   const say = (msg: string) => {
-    if (o.progress) process.stderr.write(`[chaos ${new Date().toISOString().slice(11, 23)}] ${msg}\n`);
+    if (o.progress)
+      process.stderr.write(`[chaos ${new Date().toISOString().slice(11, 23)}] ${msg}\n`);
   };
   const random = rng(o.seed);
   const dir = mkdtempSync(join(tmpdir(), 'pampa-chaos-'));
   const server = await startRestartablePostgres(log.child({ component: 'chaos-pg' }));
-  const db = new pg.Pool({ connectionString: server.url, max: 4, application_name: 'chaos-harness' });
+  const db = new pg.Pool({
+    connectionString: server.url,
+    max: 4,
+    application_name: 'chaos-harness',
+  });
   db.on('error', () => undefined);
   let fleet: Fleet | undefined;
   try {
     await db.query(schemaSql('pampa'));
     await migrateJobTable(
       db,
-      defineJob({ name: 'qa', table: 'qa_task', primaryKey: 'id', columns: QA_COLUMNS, run: () => undefined }),
+      defineJob({
+        name: 'qa',
+        table: 'qa_task',
+        primaryKey: 'id',
+        columns: QA_COLUMNS,
+        run: () => undefined,
+      }),
       'pampa',
       log,
     );
@@ -250,12 +265,15 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
         const h = await holder();
         const holderNode = h ? f.byAgentId(h.holder)?.node : undefined;
         let victim = candidates[Math.floor(random() * candidates.length)];
-        if (kills.length % 3 === 1 && holderNode && candidates.includes(holderNode)) victim = holderNode;
+        if (kills.length % 3 === 1 && holderNode && candidates.includes(holderNode))
+          victim = holderNode;
         const run = await f.kill(victim);
         if (!run) continue;
         const dispatcher = h?.holder === run.agentId;
         kills.push({ node: victim, agent: run.agentId, dispatcher, at: run.diedAt ?? Date.now() });
-        say(`SIGKILL ${run.agentId}${dispatcher ? ' (dispatcher)' : ''}; ${lastClosed}/${o.tasks} closed`);
+        say(
+          `SIGKILL ${run.agentId}${dispatcher ? ' (dispatcher)' : ''}; ${lastClosed}/${o.tasks} closed`,
+        );
       }
     })();
 
@@ -280,9 +298,14 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
     done = true;
     await chaos;
     const seconds = (Date.now() - t0) / 1000;
-    say(`${timedOut ? 'gave up' : 'all closed'} after ${seconds.toFixed(1)} s; stopping the agents (SIGTERM)`);
-    // Let the last runs' restarts happen, so every process is accounted for, then stop them.
+    say(
+      `${timedOut ? 'gave up' : 'all closed'} after ${seconds.toFixed(1)} s; stopping the agents (SIGTERM)`,
+    );
+    // Let the last runs' restarts happen and finish starting (an agent's SIGTERM handler is
+    // installed during its start), so every process is accounted for, then stop them.
     await sleep(1000);
+    const settle = Date.now() + 60_000;
+    while (nodes.some((n) => !f.current(n)?.upAt) && Date.now() < settle) await sleep(50);
     await f.stopAll(15_000);
 
     const runs: RunFacts[] = f.runs.map((r) => ({
@@ -336,7 +359,11 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
             stoppedMs: p.contAt - p.stopAt,
             epochBefore: p.epochBefore,
             takeover: p.takeover
-              ? { holder: p.takeover.holder, epoch: p.takeover.epoch, afterMs: p.takeover.at - p.stopAt }
+              ? {
+                  holder: p.takeover.holder,
+                  epoch: p.takeover.epoch,
+                  afterMs: p.takeover.at - p.stopAt,
+                }
               : null,
           }
         : null,
@@ -379,7 +406,8 @@ export function formatSummary(s: ChaosSummary): string {
           ? `${s.sigstop.takeover.holder} epoch ${s.sigstop.takeover.epoch} after ${s.sigstop.takeover.afterMs} ms`
           : 'none'),
     );
-  if (s.pgRestart) lines.push(`  PostgreSQL restart: down ${s.pgRestart.downMs} ms at ${s.pgRestart.at}`);
+  if (s.pgRestart)
+    lines.push(`  PostgreSQL restart: down ${s.pgRestart.downMs} ms at ${s.pgRestart.at}`);
   for (const c of s.checks) {
     const counts = Object.entries(c.counts)
       .map(([k, v]) => `${k}=${v}`)
