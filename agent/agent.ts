@@ -5,7 +5,8 @@ import type { ClusterConfig } from '../src/config/schema.js';
 import { migrate } from '../src/db/migrations.js';
 import { createPool, isTransientDbError } from '../src/db/pool.js';
 import { inspectJobTable, type JobTable } from '../src/db/table.js';
-import { Dispatcher } from '../src/dispatch/dispatcher.js';
+import { readAssignments } from '../src/dispatch/assignments.js';
+import { Dispatcher, type EligibleWorker } from '../src/dispatch/dispatcher.js';
 import { releaseTasks } from '../src/dispatch/release.js';
 import { Lease } from '../src/lease/lease.js';
 import type { Logger } from '../src/log.js';
@@ -13,6 +14,7 @@ import { AgentMetrics } from '../src/status/metrics.js';
 import { StatusServer } from '../src/status/server.js';
 import { VERSION } from '../src/version.js';
 import { WorkerPool } from '../src/worker/pool.js';
+import { StandaloneRunner } from '../src/worker/standalone.js';
 import { buildStatus, JobRates } from './status.js';
 import { ClusterView } from './cluster-view.js';
 import { NewTaskListener } from './listener.js';
@@ -46,6 +48,10 @@ export class Agent {
   private lease!: Lease;
   private dispatcher!: Dispatcher;
   private listener!: NewTaskListener;
+  private standalone!: StandaloneRunner;
+  /** This node's workers' jobs, as last read from the assignments table. */
+  private assignments = new Map<string, string | null>();
+  private assignmentTimer: NodeJS.Timeout | undefined;
   private view!: ClusterView;
   private status!: StatusServer;
   private statusUrl: string | null = null;
@@ -95,7 +101,6 @@ export class Agent {
     await migrate(this.db, c.schema);
     for (const job of c.jobs) this.tables.set(job.name, await inspectJobTable(this.db, job));
 
-    const jobs = c.jobs.map((j) => j.name);
     const count = this.workerCount();
     const workerIds = Array.from({ length: count }, (_, i) => `${this.node}.${i + 1}`);
     // Tasks still held by this node's worker ids belong to a previous run of this node.
@@ -107,6 +112,7 @@ export class Agent {
       if (r.requeued + r.closed > 0)
         this.log.info({ job: table.job.name, ...r }, 'tasks of a previous run released');
     }
+    await this.readAssignments(workerIds);
 
     this.lease = new Lease({
       pool: this.db,
@@ -135,7 +141,8 @@ export class Agent {
       agentId: this.agentId,
       node: this.node,
       count,
-      jobFor: (n) => jobs[(n - 1) % jobs.length],
+      jobOf: (id) => this.assignments.get(id) ?? null,
+      maxMemoryMb: c.nodes.find((n) => n.name === this.node)?.maxMemoryMb,
       tables: this.tables,
       db: this.db,
       pollMs: c.workerPollMs,
@@ -154,21 +161,20 @@ export class Agent {
     this.dispatcher = new Dispatcher({
       db: this.db,
       schema: c.schema,
+      cluster: c.name,
       tables: this.tables,
       token: () => this.lease.token(),
-      workers: () => [
-        ...(this.draining
-          ? []
-          : this.pool
-              .states()
-              .filter((w) => w.pid !== null)
-              .map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }))),
-        ...this.view.remoteWorkers(),
-      ],
+      workers: () => this.liveWorkers(),
       deadWorkers: () => this.view.deadWorkers(),
       onReserved: (_job, given, epoch) => {
         this.pool.wake(given.keys());
         void this.view.publishAssignment(epoch, given);
+      },
+      onAssigned: (changes) => {
+        for (const [w, job] of changes) {
+          if (w.startsWith(`${this.node}.`)) this.assignments.set(w, job);
+        }
+        this.pool.assign(changes);
       },
       onRelaunched: (job, reason, n) => this.metrics.tasksRelaunched(job, reason, n),
       onRound: (job, seconds) => this.metrics.observeReservation(job, seconds),
@@ -192,7 +198,9 @@ export class Agent {
       },
       statusUrl: () => this.statusUrl,
       draining: () => this.draining,
-      onAssignment: (ids) => this.pool.wake(ids),
+      onAssignment: (ids) => {
+        void this.readAssignments().then(() => this.pool.wake(ids));
+      },
       onChange: () => this.dispatcher.kick(),
       onDropped: (reason) => this.metrics.gossipDropped(reason),
     });
@@ -218,6 +226,9 @@ export class Agent {
 
     this.pool.start();
     this.started.push(async () => this.pool.stop());
+    this.assignmentTimer = setInterval(() => void this.readAssignments(), c.workerPollMs);
+    this.assignmentTimer.unref();
+    this.started.push(async () => clearInterval(this.assignmentTimer));
     await this.lease.start();
     this.started.push(() => this.lease.stop());
     this.dispatcher.start();
@@ -231,6 +242,48 @@ export class Agent {
     );
     this.listener.start();
     this.started.push(() => this.listener.stop());
+
+    this.standalone = new StandaloneRunner({
+      configPath: this.o.configPath,
+      databaseUrl: url,
+      agentId: this.agentId,
+      node: this.node,
+      processes: c.standalone,
+      isHolder: () => this.lease.token() !== null && !this.draining,
+      log: this.log.child({ component: 'standalone' }),
+    });
+    this.standalone.start();
+    this.started.push(() => this.standalone.stop());
+  }
+
+  /**
+   * Reads this node's workers' assignments (written by whichever agent dispatches) and hands
+   * changes to the worker processes. A database error leaves the last known assignment.
+   */
+  private async readAssignments(workers = this.pool?.ids()): Promise<void> {
+    try {
+      const rows = await readAssignments(this.db, this.config.schema, this.config.name, workers);
+      for (const w of workers ?? []) this.assignments.set(w, rows.get(w)?.job ?? null);
+      this.pool?.assign(this.assignments);
+    } catch (err) {
+      if (!isTransientDbError(err)) this.log.warn({ err }, 'could not read assignments');
+    }
+  }
+
+  /** Workers that may be assigned and given tasks: this node's live ones, and fresh adverts'. */
+  private liveWorkers(): EligibleWorker[] {
+    const local = this.draining
+      ? []
+      : this.pool
+          .states()
+          .filter((w) => w.pid !== null)
+          .map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }));
+    const remote = this.view
+      .adverts()
+      .filter((a) => a.node !== this.node)
+      .flatMap((a) => a.workers.map((w) => ({ id: w.id, job: w.job, freeSlots: w.freeSlots })));
+
+    return [...local, ...remote];
   }
 
   private localAdverts() {
@@ -239,7 +292,7 @@ export class Agent {
     return this.pool.states().map((w) => ({
       id: w.id,
       job: w.job,
-      freeSlots: this.draining || w.pid === null ? 0 : queueOf(w.job),
+      freeSlots: this.draining || w.pid === null || w.job === null ? 0 : queueOf(w.job),
       queued: 0,
       busy: w.busy,
       lastActivityAt: w.lastActivityAt,
@@ -298,6 +351,8 @@ export class Agent {
     this.draining = true;
     await this.view?.advertise(true).catch(() => undefined);
     await this.dispatcher?.stop();
+    await this.standalone?.stop();
+    clearInterval(this.assignmentTimer);
     await this.lease?.stop();
     await this.listener?.stop();
     await this.pool?.drain(this.config.shutdownGraceMs);

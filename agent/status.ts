@@ -1,7 +1,8 @@
 import type pg from 'pg';
 import type { ClusterConfig } from '../src/config/schema.js';
 import type { JobTable } from '../src/db/table.js';
-import { countTasks, type JobCounters } from '../src/dispatch/statements.js';
+import type { JobCounters } from '../src/dispatch/statements.js';
+import { jobCounters } from '../src/hooks/counters.js';
 import type { LeaseStatus } from '../src/lease/lease.js';
 import type { WorkerAdvert } from '../src/mesh/types.js';
 import type { ClusterStatus, JobStatus, NodeStatus, WorkerStatus } from '../src/status/types.js';
@@ -80,7 +81,7 @@ export async function buildStatus(i: StatusInput): Promise<ClusterStatus> {
   for (const [name, t] of i.tables) {
     let c: JobCounters = { total: 0, completed: 0, pending: 0, failed: 0, running: 0 };
     try {
-      c = await countTasks(i.db, t);
+      c = await jobCounters(i.db, t);
     } catch {
       dbOk = false;
     }

@@ -40,6 +40,10 @@ export const Defaults = {
   /** Status port (TCP) and bind address. */
   statusPort: 8787,
   statusHost: '127.0.0.1',
+  /** A hook that has not answered within this is given up, and its default used (ms). */
+  hookTimeoutMs: 10000,
+  /** Reopened closed rows (relaunching hook, recurrent jobs) per job per scan (rows). */
+  reopenBatch: 10000,
   /** Worker processes per node when the node is not declared in the config. */
   maxWorkers: 2,
 } as const;

@@ -1,5 +1,16 @@
+import { CronExpressionParser } from 'cron-parser';
 import { z } from 'zod';
 import { Defaults } from './defaults.js';
+import type {
+  CounterHook,
+  FinisherHook,
+  OccupiedHook,
+  AllowingHook,
+  RelauncherHook,
+  RelaunchingHook,
+  SelectingHook,
+  StarterHook,
+} from '../hooks/types.js';
 
 /** A SQL identifier from configuration: quoted later by db/quote.ts, so any name is allowed. */
 const identifier = z.string().min(1).max(63);
@@ -46,6 +57,44 @@ export interface TaskContext {
 
 export type ProcessingFunction = (task: TaskRow, ctx: TaskContext) => unknown;
 
+/** A hook option: any function; its result is checked each time it is called (hooks/run.ts). */
+function hook<T>(signature: string) {
+  return z
+    .custom<T>((v) => typeof v === 'function', { message: `must be a function ${signature}` })
+    .optional();
+}
+
+/** A worker-id filter: a RegExp, or a string compiled as one. */
+const workerFilter = z.union([
+  z.instanceof(RegExp),
+  z
+    .string()
+    .min(1)
+    .refine(
+      (s) => {
+        try {
+          new RegExp(s);
+          return true;
+        } catch {
+          return false;
+        }
+      },
+      { message: 'must be a valid regular expression' },
+    ),
+]);
+
+const cronExpression = z.string().refine(
+  (s) => {
+    try {
+      CronExpressionParser.parse(s);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { message: 'must be a cron expression, e.g. "*/5 * * * *"' },
+);
+
 export const JobSchema = z
   .object({
     /** Job id; also the prefix of default column names. */
@@ -69,8 +118,49 @@ export const JobSchema = z
     run: z.custom<ProcessingFunction>((v) => typeof v === 'function', {
       message: 'must be a function (task, ctx) => …',
     }),
+    /**
+     * Elastic assignment. A job with tasks waiting gets one worker per maxPendingTasks of them
+     * (tasks), at most maxAssignedWorkers (workers), and none while it has nothing to do.
+     * Without maxPendingTasks it takes as many workers as its fair share allows.
+     */
+    maxPendingTasks: positiveInt.optional(),
+    maxAssignedWorkers: positiveInt.optional(),
+    /** Only workers whose id matches may serve this job (`/^n1\./`, `'\\.1$'`). */
+    workerFilter: workerFilter.optional(),
+    /** A timestamp column of the user's: a row is due only when it is NULL or <= now(). */
+    notBeforeColumn: identifier.optional(),
+    /** Recurrent task: a closed row is due again this long after it ended (s), tries reset. */
+    recurEverySeconds: z.number().positive().optional(),
+    /** Recurrent task: a closed row is due again at the next tick of this cron expression. */
+    cron: cronExpression.optional(),
+    /** Hooks of the original (README, "Hooks"); each result is checked where it is used. */
+    occupied: hook<OccupiedHook>('(worker, ctx) => number'),
+    allowing: hook<AllowingHook>('(worker, ctx) => boolean'),
+    selecting: hook<SelectingHook>('(n, ctx) => { where?, orderBy?, params? }'),
+    relaunching: hook<RelaunchingHook>('(ctx) => { where, params? }'),
+    relauncher: hook<RelauncherHook>('(row, ctx) => void'),
+    starter: hook<StarterHook>('(row, ctx) => void'),
+    finisher: hook<FinisherHook>('(row, result, ctx) => void'),
+    counters: z
+      .object({
+        total: hook<CounterHook>('(ctx) => number'),
+        completed: hook<CounterHook>('(ctx) => number'),
+        pending: hook<CounterHook>('(ctx) => number'),
+        failed: hook<CounterHook>('(ctx) => number'),
+      })
+      .strict()
+      .optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((j, ctx) => {
+    if (j.recurEverySeconds !== undefined && j.cron !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['cron'],
+        message: 'give recurEverySeconds or cron, not both',
+      });
+    }
+  });
 
 export const NodeSchema = z
   .object({
@@ -90,6 +180,47 @@ export const NodeSchema = z
     statusPort: z.number().int().min(0).max(65535).optional(),
     /** libp2p listen address of the agent on this node. */
     listen: z.array(z.string()).optional(),
+    /**
+     * Memory limit of each worker process on this node (MB): V8's heap is capped there, and a
+     * worker whose resident set passes it is killed and restarted, its task failed.
+     */
+    maxMemoryMb: positiveInt.min(64).optional(),
+  })
+  .strict();
+
+export interface StandaloneContext {
+  /** The standalone process's name. */
+  name: string;
+  /** The node running it. */
+  node: string;
+  /** A pg pool of its own, for its queries. */
+  db: import('pg').Pool;
+  log: import('pino').Logger;
+  /** Aborted when this node must stop running it (lease lost, shutdown). */
+  signal: AbortSignal;
+}
+
+export type StandaloneFunction = (ctx: StandaloneContext) => unknown;
+
+/**
+ * A standalone process (the original's run_stand_alone): a function the cluster runs
+ * periodically, one instance at a time, on the lease holder or on a named node.
+ */
+export const StandaloneSchema = z
+  .object({
+    name: identifier.regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, ".", "_" and "-" only'),
+    /** Start-to-start period (s): a run that overran is followed by the next one at once. */
+    everySeconds: z.number().positive(),
+    /**
+     * Run once in the agent that runs it, then no more (until that agent restarts); a run
+     * stopped because the agent lost the lease does not count.
+     */
+    runOnce: z.boolean().default(false),
+    /** Run on this node (every agent started with this name) instead of the lease holder. */
+    node: z.string().min(1).optional(),
+    run: z.custom<StandaloneFunction>((v) => typeof v === 'function', {
+      message: 'must be a function (ctx) => …',
+    }),
   })
   .strict();
 
@@ -154,6 +285,7 @@ export const ClusterSchema = z
     schema: identifier.default(Defaults.schema),
     nodes: z.array(NodeSchema).default([]),
     jobs: z.array(JobSchema).min(1, 'declare at least one job'),
+    standalone: z.array(StandaloneSchema).default([]),
     lease: LeaseSchema.default(LeaseSchema.parse({})),
     mesh: MeshSchema.default(MeshSchema.parse({})),
     status: StatusSchema.default(StatusSchema.parse({})),
@@ -175,6 +307,17 @@ export const ClusterSchema = z
       }
       seen.add(j.name);
     });
+    const standalone = new Set<string>();
+    c.standalone.forEach((p, i) => {
+      if (standalone.has(p.name)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['standalone', i, 'name'],
+          message: `duplicate standalone name "${p.name}"`,
+        });
+      }
+      standalone.add(p.name);
+    });
     const nodes = new Set<string>();
     c.nodes.forEach((n, i) => {
       if (nodes.has(n.name)) {
@@ -195,6 +338,7 @@ export type ClusterInput = z.input<typeof ClusterSchema>;
 export type JobConfig = z.output<typeof JobSchema>;
 export type NodeConfig = z.output<typeof NodeSchema>;
 export type ClusterConfig = z.output<typeof ClusterSchema>;
+export type StandaloneConfig = z.output<typeof StandaloneSchema>;
 
 /** The seven reservation column names of a job, defaults filled in. */
 export interface ReservationColumns {

@@ -41,6 +41,8 @@ export interface JobTable {
   };
   /** "now" expressions matching the type of reservedAt, startedAt, endedAt. */
   now: { reservedAt: string; startedAt: string; endedAt: string };
+  /** The job's notBeforeColumn, quoted, with "now" in its type; null without one. */
+  notBefore: { col: string; now: string } | null;
 }
 
 const NOW_TZ = 'now()';
@@ -92,6 +94,7 @@ export async function inspectJobTable(pool: pg.Pool, job: JobConfig): Promise<Jo
     ['columns.startedAt', names.startedAt],
     ['columns.endedAt', names.endedAt],
   ];
+  if (job.notBeforeColumn) need.push(['notBeforeColumn', job.notBeforeColumn]);
   if (names.success) need.push(['columns.success', names.success]);
   if (names.error) need.push(['columns.error', names.error]);
   const missing = need.filter(([, col]) => !existing.includes(col));
@@ -126,5 +129,11 @@ export async function inspectJobTable(pool: pg.Pool, job: JobConfig): Promise<Jo
       startedAt: timeNow(job.table, columns, names.startedAt),
       endedAt: timeNow(job.table, columns, names.endedAt),
     },
+    notBefore: job.notBeforeColumn
+      ? {
+          col: quoteIdent(job.notBeforeColumn),
+          now: timeNow(job.table, columns, job.notBeforeColumn),
+        }
+      : null,
   };
 }

@@ -1,16 +1,34 @@
+import { CronExpressionParser } from 'cron-parser';
 import type pg from 'pg';
+import { Defaults } from '../config/defaults.js';
 import type { JobTable } from '../db/table.js';
 import { isTransientDbError } from '../db/pool.js';
+import { HookResults, HookRunner, hookContext } from '../hooks/run.js';
 import type { Logger } from '../log.js';
 import { fenceParams, fenceSql, type LeaseToken } from '../lease/fence.js';
 import { leasesTable } from '../lease/statements.js';
+import {
+  compileFilter,
+  readAssignments,
+  stretch,
+  writeAssignments,
+  type StretchJob,
+} from './assignments.js';
 import { releaseTasks } from './release.js';
-import { queuedPerWorker, reserveTasks } from './statements.js';
+import {
+  countBacklog,
+  NO_SELECTION,
+  queuedPerWorker,
+  reopenTasks,
+  reserveTasks,
+  type FreeRowSelection,
+} from './statements.js';
 
-/** A worker the dispatcher may reserve tasks for: fresh advert, not draining. */
+/** A live worker the dispatcher may assign and reserve for: fresh advert, not draining. */
 export interface EligibleWorker {
   id: string;
-  job: string;
+  /** The job its agent last heard it was assigned (informational; the database decides). */
+  job?: string | null;
   /** Free slots the worker's agent advertised; the database count is authoritative. */
   freeSlots: number;
 }
@@ -18,15 +36,18 @@ export interface EligibleWorker {
 export interface DispatcherOptions {
   db: pg.Pool;
   schema: string;
+  cluster: string;
   tables: Map<string, JobTable>;
   /** The lease token while this agent holds the lease and is inside its renewal deadline. */
   token: () => LeaseToken | null;
-  /** Workers with a fresh advert and free capacity, across the cluster. */
+  /** Live workers across the cluster. */
   workers: () => EligibleWorker[];
   /** Workers of nodes the membership declared dead (gossip silent, registry stale). */
   deadWorkers: () => Promise<string[]>;
   /** Called after a reservation, so the workers start at once. */
   onReserved: (job: string, given: Map<string, number>, epoch: number) => void;
+  /** Called after assignments changed: worker → job (null: none). */
+  onAssigned?: (changes: Map<string, string | null>, epoch: number) => void;
   onRelaunched?: (job: string, reason: string, n: number) => void;
   onRound?: (job: string, seconds: number, reserved: number) => void;
   intervalMs: number;
@@ -34,11 +55,17 @@ export interface DispatcherOptions {
   log: Logger;
 }
 
+type Fence = { sql: (first: number) => string; params: unknown[] };
+
+/** Assignments are decided at most this often, besides when the set of live workers changes. */
+const STRETCH_EVERY_MS = 250;
+
 /**
- * Runs while this agent holds the lease: each round relaunches what overran or whose node died
- * (every relaunchScanMs), then tops every eligible worker's queue up to its job's queueSize.
- * A round runs every intervalMs, and at once when kick() is called (a new row's NOTIFY, a
- * worker that freed slots, an advert). Every write carries the lease fence.
+ * Runs while this agent holds the lease. Each round: relaunch and reopen what is due (every
+ * relaunchScanMs), assign workers to jobs (elastic assignment, at most every 250 ms), then top
+ * every assigned worker's queue up to its job's queueSize. A round runs every intervalMs, and
+ * at once when kick() is called (a new row's NOTIFY, a worker that freed slots, an advert).
+ * Every write carries the lease fence. A broken hook costs its job's step, never the round.
  */
 export class Dispatcher {
   private timer: NodeJS.Timeout | undefined;
@@ -46,10 +73,18 @@ export class Dispatcher {
   private kicked = false;
   private looping = false;
   private lastScan = 0;
+  private lastStretch = 0;
   private rounds = 0;
   private lastError: string | null = null;
+  /** Worker → job, as last read or written; reread whenever this agent (re)gains the lease. */
+  private assigned = new Map<string, string | null>();
+  private assignedEpoch = -1;
+  private liveKey = '';
+  private readonly hooks: HookRunner;
 
-  constructor(private readonly o: DispatcherOptions) {}
+  constructor(private readonly o: DispatcherOptions) {
+    this.hooks = new HookRunner(o.log, Defaults.hookTimeoutMs);
+  }
 
   start(): void {
     if (this.running) return;
@@ -61,6 +96,12 @@ export class Dispatcher {
     this.running = false;
     clearTimeout(this.timer);
     while (this.looping) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  /** Run a relaunch scan and a round as soon as possible (a node was just declared dead). */
+  scanNow(): void {
+    this.lastScan = 0;
+    this.kick();
   }
 
   /** Run a round as soon as possible. */
@@ -93,11 +134,10 @@ export class Dispatcher {
     }
   }
 
-  /** One round: relaunch when a scan is due, then top up every eligible worker's queue. */
-  private async round(): Promise<boolean> {
+  private async round(): Promise<void> {
     const token = this.o.token();
-    if (!token) return false;
-    const fence = {
+    if (!token) return;
+    const fence: Fence = {
       sql: (first: number) => fenceSql(leasesTable(this.o.schema), first),
       params: fenceParams(token) as unknown[],
     };
@@ -107,53 +147,168 @@ export class Dispatcher {
         this.lastScan = Date.now();
         await this.relaunch(fence);
       }
-      const eligible = this.o.workers();
+      const live = [...new Set(this.o.workers().map((w) => w.id))].sort();
+      const selections = new Map<string, FreeRowSelection | null>();
       for (const [job, table] of this.o.tables) {
-        const workers = eligible.filter((w) => w.job === job);
+        selections.set(job, await this.selection(table, live.length));
+      }
+      const liveKey = live.join(',');
+      if (
+        token.epoch !== this.assignedEpoch ||
+        liveKey !== this.liveKey ||
+        Date.now() - this.lastStretch >= STRETCH_EVERY_MS
+      ) {
+        await this.assign(token, fence, live, selections);
+        this.liveKey = liveKey;
+        this.lastStretch = Date.now();
+      }
+      for (const [job, table] of this.o.tables) {
+        const selection = selections.get(job);
+        if (!selection) continue;
+        const workers = live.filter((w) => this.assigned.get(w) === job);
         if (workers.length === 0) continue;
-        if (!this.o.token()) return false;
-        const t0 = performance.now();
-        const queued = await queuedPerWorker(
-          this.o.db,
-          table,
-          workers.map((w) => w.id),
-        );
-        const slots: string[] = [];
-        for (const w of workers) {
-          const free = table.job.queueSize - (queued.get(w.id) ?? 0);
-          for (let i = 0; i < free; i++) slots.push(w.id);
-        }
-        if (slots.length === 0) continue;
-        const given = await reserveTasks(this.o.db, table, interleave(slots), fence);
-        const n = [...given.values()].reduce((a, b) => a + b, 0);
-        this.o.onRound?.(job, (performance.now() - t0) / 1000, n);
-        if (n > 0) {
-          this.o.onReserved(job, given, token.epoch);
-          this.o.log.debug(
-            { job, tasks: n, workers: given.size, epoch: token.epoch },
-            'tasks reserved',
-          );
-        }
+        if (!this.o.token()) return;
+        await this.reserve(job, table, workers, selection, fence, token.epoch);
       }
       this.lastError = null;
-
-      return false;
     } catch (err) {
       this.lastError = err instanceof Error ? err.message : String(err);
       const level = isTransientDbError(err) ? 'warn' : 'error';
       this.o.log[level]({ err }, 'dispatch round failed');
-
-      return false;
     }
   }
 
-  private async relaunch(fence: {
-    sql: (first: number) => string;
-    params: unknown[];
-  }): Promise<void> {
+  /** The selecting hook's fragments for this round, or null when the hook failed. */
+  private async selection(t: JobTable, live: number): Promise<FreeRowSelection | null> {
+    const hook = t.job.selecting;
+    if (!hook) return NO_SELECTION;
+    const n = t.job.queueSize * Math.min(live, t.job.maxAssignedWorkers ?? live);
+    const got = await this.hooks.call(
+      t.job.name,
+      'selecting',
+      () => hook(n, hookContext(t, this.o.db, this.o.log)),
+      HookResults.selection,
+    );
+    if (!got.ok) return null;
+
+    return {
+      where: got.value?.where ?? null,
+      orderBy: got.value?.orderBy ?? null,
+      params: got.value?.params ?? [],
+    };
+  }
+
+  /** Elastic assignment: decides which live worker serves which job, and writes the changes. */
+  private async assign(
+    token: LeaseToken,
+    fence: Fence,
+    live: string[],
+    selections: Map<string, FreeRowSelection | null>,
+  ): Promise<void> {
+    if (token.epoch !== this.assignedEpoch) {
+      const rows = await readAssignments(this.o.db, this.o.schema, this.o.cluster);
+      this.assigned = new Map([...rows].map(([w, r]) => [w, r.job]));
+      this.assignedEpoch = token.epoch;
+    }
+    if (live.length === 0) return;
+    const jobs: StretchJob[] = [];
+    for (const [name, t] of this.o.tables) {
+      const j = t.job;
+      const selection = selections.get(name);
+      const cap = j.maxPendingTasks ? j.maxPendingTasks * (j.maxAssignedWorkers ?? live.length) : 1;
+      jobs.push({
+        name,
+        backlog: selection ? await countBacklog(this.o.db, t, cap, selection) : 0,
+        maxPendingTasks: j.maxPendingTasks,
+        maxAssignedWorkers: j.maxAssignedWorkers,
+        filter: compileFilter(j.workerFilter),
+        hold: selection === null,
+      });
+    }
+    const next = stretch(live, jobs, this.assigned, this.rounds);
+    const changes = new Map<string, string | null>();
+    for (const [w, job] of next) {
+      if ((this.assigned.get(w) ?? null) !== job) changes.set(w, job);
+    }
+    if (changes.size === 0) return;
+    const written = await writeAssignments(
+      this.o.db,
+      this.o.schema,
+      this.o.cluster,
+      changes,
+      token.epoch,
+      fence,
+    );
+    if (written === 0) return;
+    for (const [w, job] of changes) this.assigned.set(w, job);
+    const perJob: Record<string, number> = {};
+    for (const job of next.values()) if (job) perJob[job] = (perJob[job] ?? 0) + 1;
+    this.o.log.info(
+      { changed: Object.fromEntries(changes), workersPerJob: perJob, epoch: token.epoch },
+      'workers assigned',
+    );
+    this.o.onAssigned?.(changes, token.epoch);
+  }
+
+  /** Tops up the queues of a job's workers in one fenced statement. */
+  private async reserve(
+    job: string,
+    table: JobTable,
+    workers: string[],
+    selection: FreeRowSelection,
+    fence: Fence,
+    epoch: number,
+  ): Promise<void> {
+    const t0 = performance.now();
+    const j = table.job;
+    const ctx = hookContext(table, this.o.db, this.o.log);
+    let queued: Map<string, number>;
+    if (j.occupied) {
+      const occupied = j.occupied;
+      queued = new Map();
+      for (const w of workers) {
+        const got = await this.hooks.call(
+          job,
+          'occupied',
+          () => occupied(w, ctx),
+          HookResults.count,
+        );
+        queued.set(w, got.ok ? got.value : j.queueSize);
+      }
+    } else {
+      queued = await queuedPerWorker(this.o.db, table, workers);
+    }
+    const slots: string[] = [];
+    for (const w of workers) {
+      const free = j.queueSize - (queued.get(w) ?? 0);
+      if (free <= 0) continue;
+      if (j.allowing) {
+        const allowing = j.allowing;
+        const got = await this.hooks.call(
+          job,
+          'allowing',
+          () => allowing(w, ctx),
+          HookResults.allowed,
+        );
+        if (!got.ok || !got.value) continue;
+      }
+      for (let i = 0; i < free; i++) slots.push(w);
+    }
+    if (slots.length === 0) return;
+    const given = await reserveTasks(this.o.db, table, interleave(slots), fence, selection);
+    const n = [...given.values()].reduce((a, b) => a + b, 0);
+    this.o.onRound?.(job, (performance.now() - t0) / 1000, n);
+    if (n > 0) {
+      this.o.onReserved(job, given, epoch);
+      this.o.log.debug({ job, tasks: n, workers: given.size, epoch }, 'tasks reserved');
+    }
+  }
+
+  private async relaunch(fence: Fence): Promise<void> {
     const dead = await this.o.deadWorkers();
     for (const [job, table] of this.o.tables) {
       const j = table.job;
+      const withRows = j.relauncher !== undefined;
       // The worker stops an overrunning task itself at maxJobDuration; the dispatcher only
       // steps in two scan intervals later, when that worker is evidently gone.
       const overrun = await releaseTasks(this.o.db, table, {
@@ -161,23 +316,79 @@ export class Dispatcher {
         startedOlderThanSeconds: j.maxJobDurationMinutes * 60 + (2 * this.o.relaunchScanMs) / 1000,
         reservedOlderThanSeconds: j.maxReservedSeconds,
         fence,
+        returnRows: withRows,
       });
-      this.report(job, 'overrun', overrun.requeued + overrun.closed);
+      await this.relaunched(table, 'overrun', overrun.requeued + overrun.closed, overrun.rows);
       if (dead.length > 0) {
         const gone = await releaseTasks(this.o.db, table, {
           reason: 'worker lost: its node died',
           workers: dead,
           fence,
+          returnRows: withRows,
         });
-        this.report(job, 'node-dead', gone.requeued + gone.closed);
+        await this.relaunched(table, 'node-dead', gone.requeued + gone.closed, gone.rows);
       }
+      await this.reopen(job, table, fence);
     }
   }
 
-  private report(job: string, reason: string, n: number): void {
+  /** Closed rows to run again: the relaunching hook's, and a recurrent job's due ones. */
+  private async reopen(job: string, table: JobTable, fence: Fence): Promise<void> {
+    const j = table.job;
+    const limit = Defaults.reopenBatch;
+    if (j.relaunching) {
+      const relaunching = j.relaunching;
+      const got = await this.hooks.call(
+        job,
+        'relaunching',
+        () => relaunching(hookContext(table, this.o.db, this.o.log)),
+        HookResults.relaunching,
+      );
+      if (got.ok && got.value) {
+        const where = { sql: got.value.where, params: got.value.params ?? [] };
+        const rows = await reopenTasks(this.o.db, table, { where, limit, fence });
+        await this.relaunched(table, 'relaunching', rows.length, rows);
+      }
+    }
+    if (j.recurEverySeconds !== undefined) {
+      const rows = await reopenTasks(this.o.db, table, {
+        endedMoreThanSecondsAgo: j.recurEverySeconds,
+        limit,
+        fence,
+      });
+      await this.relaunched(table, 'recurrent', rows.length, rows);
+    }
+    if (j.cron !== undefined) {
+      const now = await this.o.db.query<{ now: Date }>('SELECT now() AS now');
+      const tick = CronExpressionParser.parse(j.cron, { currentDate: now.rows[0].now })
+        .prev()
+        .toDate();
+      const rows = await reopenTasks(this.o.db, table, { endedBefore: tick, limit, fence });
+      await this.relaunched(table, 'recurrent', rows.length, rows);
+    }
+  }
+
+  /**
+   * Reports relaunched rows and runs the relauncher hook on each, right after the statement
+   * committed: inside it, the fence's share lock on the lease row would hold back the lease's
+   * renewal for as long as the hook runs.
+   */
+  private async relaunched(
+    table: JobTable,
+    reason: string,
+    n: number,
+    rows: Record<string, unknown>[] | undefined,
+  ): Promise<void> {
     if (n === 0) return;
+    const job = table.job.name;
     this.o.log.info({ job, reason, tasks: n }, 'tasks relaunched');
     this.o.onRelaunched?.(job, reason, n);
+    const relauncher = table.job.relauncher;
+    if (!relauncher || !rows) return;
+    const ctx = hookContext(table, this.o.db, this.o.log);
+    for (const row of rows) {
+      await this.hooks.call(job, 'relauncher', () => relauncher(row, ctx), HookResults.any);
+    }
   }
 }
 

@@ -21,11 +21,15 @@ export interface ReleaseOptions {
   onlyUnstarted?: boolean;
   /** A dispatcher write: the fence sub-select and its three parameters. */
   fence?: { sql: (first: number) => string; params: unknown[] };
+  /** Return the requeued rows (for the relauncher hook). */
+  returnRows?: boolean;
 }
 
 export interface Released {
   requeued: number;
   closed: number;
+  /** The requeued rows, with returnRows. */
+  rows?: Record<string, unknown>[];
 }
 
 export async function releaseTasks(
@@ -85,12 +89,19 @@ export async function releaseTasks(
          WHEN ${started} THEN $1 ELSE ${col.error} END`,
     );
   }
-  const res = await db.query<{ closed: boolean }>({
+  const rows = o.returnRows ? `${t.table}.*, ` : '';
+  const res = await db.query<{ __pampa_closed: boolean }>({
     text: `UPDATE ${t.table} SET ${sets.join(', ')} WHERE ${where.join(' AND ')}
-           RETURNING ${col.endedAt} IS NOT NULL AS closed`,
+           RETURNING ${rows}${col.endedAt} IS NOT NULL AS "__pampa_closed"`,
     values,
   });
-  const closed = res.rows.filter((r) => r.closed).length;
+  const closed = res.rows.filter((r) => r.__pampa_closed).length;
+  const out: Released = { requeued: res.rows.length - closed, closed };
+  if (o.returnRows) {
+    out.rows = res.rows
+      .filter((r) => !r.__pampa_closed)
+      .map(({ __pampa_closed: _, ...row }) => row);
+  }
 
-  return { requeued: res.rows.length - closed, closed };
+  return out;
 }

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { JobTable } from '../db/table.js';
+import { shiftPlaceholders } from '../hooks/run.js';
 
 /**
  * The dispatcher's statements over a job's table. Writes carry the lease fence.
@@ -15,19 +16,19 @@ export async function reserveTasks(
   t: JobTable,
   slots: string[],
   fence: { sql: (first: number) => string; params: unknown[] },
+  selection: FreeRowSelection = NO_SELECTION,
 ): Promise<Map<string, number>> {
   const given = new Map<string, number>();
   if (slots.length === 0) return given;
   const { col } = t;
+  const sel = selectionSql(selection, 6);
   const res = await db.query<{ worker: string; n: string }>({
     text: `WITH lease AS (${fence.sql(4)}),
            free AS (
              SELECT ${t.pk} AS pk FROM ${t.table}
-              WHERE ${col.reservedBy} IS NULL AND ${col.endedAt} IS NULL
-                AND COALESCE(${col.tries}, 0) < $2
-                AND (${col.reservedAt} IS NULL OR ${col.reservedAt} <= ${t.now.reservedAt})
+              WHERE ${freeRowCondition(t)}${sel.where}
                 AND EXISTS (SELECT 1 FROM lease)
-              ORDER BY ${t.pk} LIMIT $3 FOR UPDATE SKIP LOCKED),
+              ORDER BY ${sel.orderBy}${t.pk} LIMIT $3 FOR UPDATE SKIP LOCKED),
            numbered AS (SELECT pk, row_number() OVER () AS n FROM free),
            slot AS (SELECT w, n FROM unnest($1::text[]) WITH ORDINALITY AS s(w, n)),
            done AS (
@@ -37,11 +38,135 @@ export async function reserveTasks(
               WHERE ${t.table}.${t.pk} = numbered.pk
              RETURNING slot.w)
            SELECT w AS worker, count(*)::text AS n FROM done GROUP BY w`,
-    values: [slots, t.job.maxTryTimes, slots.length, ...fence.params],
+    values: [slots, t.job.maxTryTimes, slots.length, ...fence.params, ...selection.params],
   });
   for (const r of res.rows) given.set(r.worker, Number(r.n));
 
   return given;
+}
+
+/** The selecting hook's fragments, checked; `params` are bound after the statement's own. */
+export interface FreeRowSelection {
+  where: string | null;
+  orderBy: string | null;
+  params: unknown[];
+}
+
+export const NO_SELECTION: FreeRowSelection = { where: null, orderBy: null, params: [] };
+
+function selectionSql(s: FreeRowSelection, offset: number): { where: string; orderBy: string } {
+  const shift = (sql: string) => shiftPlaceholders(sql, offset, s.params.length);
+
+  return {
+    where: s.where ? `\n                AND (${shift(s.where)})` : '',
+    orderBy: s.orderBy ? `${shift(s.orderBy)}, ` : '',
+  };
+}
+
+/**
+ * A row that may be reserved: not held, not closed, tries left, past its retry backoff and
+ * its not-before time. `$2` is maxTryTimes.
+ */
+function freeRowCondition(t: JobTable): string {
+  const { col } = t;
+  const due = t.notBefore
+    ? `\n                AND (${t.notBefore.col} IS NULL OR ${t.notBefore.col} <= ${t.notBefore.now})`
+    : '';
+
+  return `${col.reservedBy} IS NULL AND ${col.endedAt} IS NULL
+                AND COALESCE(${col.tries}, 0) < $2
+                AND (${col.reservedAt} IS NULL OR ${col.reservedAt} <= ${t.now.reservedAt})${due}`;
+}
+
+/**
+ * The backlog elastic assignment sizes a job by: tasks due and free (as the reservation would
+ * see them, selecting hook included) plus tasks queued to workers, counted up to `cap` so a
+ * large table costs no more than the decision needs.
+ */
+export async function countBacklog(
+  db: pg.Pool | pg.PoolClient,
+  t: JobTable,
+  cap: number,
+  selection: FreeRowSelection = NO_SELECTION,
+): Promise<number> {
+  const { col } = t;
+  const sel = selectionSql(selection, 3);
+  const res = await db.query<{ n: number }>({
+    text: `SELECT count(*)::int AS n FROM (
+             (SELECT 1 FROM ${t.table} WHERE ${freeRowCondition(t)}${sel.where} LIMIT $1)
+             UNION ALL
+             (SELECT 1 FROM ${t.table}
+               WHERE ${col.reservedBy} IS NOT NULL AND ${col.startedAt} IS NULL
+                 AND ${col.endedAt} IS NULL LIMIT $1)
+             LIMIT $3) AS backlog`,
+    values: [cap, t.job.maxTryTimes, cap, ...selection.params],
+  });
+
+  return res.rows[0].n;
+}
+
+/**
+ * Reopens closed rows so they run again, with tries reset and success cleared (the error text
+ * stays until the next finish): rows the relaunching hook names, or rows of a recurrent job
+ * whose period has come round. Only closed rows are touched, never one in flight; fenced;
+ * locked rows are skipped; at most `limit` per call. Returns the reopened rows.
+ */
+export async function reopenTasks(
+  db: pg.Pool | pg.PoolClient,
+  t: JobTable,
+  o: {
+    /** A condition on the row, with its own `$1…` params (relaunching hook). */
+    where?: { sql: string; params: unknown[] };
+    /** Only rows that ended before this much time ago (s). */
+    endedMoreThanSecondsAgo?: number;
+    /** Only rows that ended before this instant (a cron tick). */
+    endedBefore?: Date;
+    limit: number;
+    fence: { sql: (first: number) => string; params: unknown[] };
+  },
+): Promise<Record<string, unknown>[]> {
+  const { col } = t;
+  const values: unknown[] = [o.limit];
+  const where = [`${col.endedAt} IS NOT NULL`];
+  if (o.endedMoreThanSecondsAgo !== undefined) {
+    values.push(o.endedMoreThanSecondsAgo);
+    where.push(
+      `${col.endedAt} <= ${t.now.endedAt} - make_interval(secs => $${values.length}::float8)`,
+    );
+  }
+  if (o.endedBefore !== undefined) {
+    values.push(o.endedBefore.toISOString());
+    const before =
+      t.now.endedAt === 'now()'
+        ? `$${values.length}::timestamptz`
+        : `($${values.length}::timestamptz AT TIME ZONE 'UTC')`;
+    where.push(`${col.endedAt} < ${before}`);
+  }
+  where.push(`EXISTS (${o.fence.sql(values.length + 1)})`);
+  values.push(...o.fence.params);
+  if (o.where) {
+    where.push(`(${shiftPlaceholders(o.where.sql, values.length, o.where.params.length)})`);
+    values.push(...o.where.params);
+  }
+  const sets = [
+    `${col.reservedBy} = NULL`,
+    `${col.reservedAt} = NULL`,
+    `${col.startedAt} = NULL`,
+    `${col.endedAt} = NULL`,
+    `${col.tries} = 0`,
+  ];
+  if (col.success) sets.push(`${col.success} = NULL`);
+  const res = await db.query<Record<string, unknown>>({
+    text: `WITH due AS (
+             SELECT ${t.pk} AS pk FROM ${t.table} WHERE ${where.join(' AND ')}
+              ORDER BY ${col.endedAt} LIMIT $1 FOR UPDATE SKIP LOCKED)
+           UPDATE ${t.table} SET ${sets.join(', ')} FROM due
+            WHERE ${t.table}.${t.pk} = due.pk
+           RETURNING ${t.table}.*`,
+    values,
+  });
+
+  return res.rows;
 }
 
 /** Reserved-but-unstarted tasks per worker (the queue the dispatcher tops up). */

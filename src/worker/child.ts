@@ -1,8 +1,10 @@
 import '../polyfills.js';
 import { loadConfig } from '../config/load.js';
 import type { JobConfig } from '../config/schema.js';
-import { createPool, isTransientDbError } from '../db/pool.js';
+import { createPool, isTransientDbError, withTransaction } from '../db/pool.js';
 import { inspectJobTable, type JobTable } from '../db/table.js';
+import { releaseTasks } from '../dispatch/release.js';
+import { HookResults, HookRunner, hookContext, type HookName } from '../hooks/run.js';
 import { componentLogger } from '../log.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 import {
@@ -14,17 +16,19 @@ import {
 } from './statements.js';
 
 /**
- * A worker process: runs the job function over the tasks reserved to its worker id, one at a
- * time. Tasks are started in batches sized so that a batch runs for about START_BUDGET_MS
- * (one task at a time for slow tasks, the whole queue for fast ones), and finished in one
- * statement per batch.
+ * A worker process: runs the function of the job it is assigned over the tasks reserved to its
+ * worker id, one at a time. Tasks are started in batches sized so that a batch runs for about
+ * START_BUDGET_MS (one task at a time for slow tasks, the whole queue for fast ones), and
+ * finished in one statement per batch. When its agent assigns it another job, it finishes the
+ * batch at hand, gives back the tasks still queued for the old job, and serves the new one.
  */
 const START_BUDGET_MS = 20;
 /** Exit code after a task overran: the process goes, and any code it left running with it. */
 export const EXIT_OVERRUN = 75;
 
 const init = JSON.parse(process.argv[2] ?? '{}') as WorkerInit;
-const log = componentLogger('worker', { worker: init.workerId, job: init.job });
+const log = componentLogger('worker', { worker: init.workerId });
+const hooks = new HookRunner(log);
 
 function send(msg: FromWorker): void {
   if (process.send && process.connected) process.send(msg);
@@ -40,11 +44,14 @@ function sendConfirmed(msg: FromWorker): Promise<void> {
 
 let wakeUp: (() => void) | null = null;
 let draining = false;
+/** The job the agent last assigned; the loop switches to it between batches. */
+let wanted: string | null = init.job;
 let runningSince: number | null = null;
 let runningTask: string | null = null;
 
 process.on('message', (msg: ToWorker) => {
   if (msg.t === 'drain') draining = true;
+  if (msg.t === 'assign' || (msg.t === 'wake' && msg.job !== undefined)) wanted = msg.job ?? null;
   wakeUp?.();
 });
 // The agent is gone (killed): nobody supervises this process any more, and the dispatcher will
@@ -90,29 +97,43 @@ function errorText(err: unknown): string {
 
 async function main(): Promise<void> {
   const config = await loadConfig(init.configPath);
-  const job = config.jobs.find((j) => j.name === init.job) as JobConfig;
-  if (!job) throw new Error(`job "${init.job}" is not in ${init.configPath}`);
   const db = createPool({
     url: init.databaseUrl,
     applicationName: `${init.agentId}/${init.workerId}`,
     max: 3,
     log,
   });
-  const table = await withRetry('inspect table', () => inspectJobTable(db, job));
-  const maxMs = job.maxJobDurationMinutes * 60_000;
-  let avgMs = 1000;
+  const tables = new Map<string, JobTable>();
+  for (const job of config.jobs) {
+    tables.set(job.name, await withRetry('inspect table', () => inspectJobTable(db, job)));
+  }
+  const avgMs = new Map<string, number>();
+  let serving: string | null = null;
   send({ t: 'ready' });
 
   while (!draining) {
+    if (wanted !== serving) {
+      if (serving !== null) await giveBack(db, tables.get(serving)!, wanted);
+      serving = wanted;
+      log.info({ job: serving }, serving === null ? 'worker unassigned' : 'worker assigned');
+    }
+    const table = serving === null ? undefined : tables.get(serving);
+    if (!table) {
+      if (serving !== null) log.error({ job: serving }, 'assigned a job that is not in the config');
+      await sleep(init.pollMs);
+      continue;
+    }
+    const job = table.job;
+    const avg = avgMs.get(job.name) ?? 1000;
     const limit = Math.max(
       1,
-      Math.min(job.queueSize, Math.floor(START_BUDGET_MS / Math.max(avgMs, 0.001))),
+      Math.min(job.queueSize, Math.floor(START_BUDGET_MS / Math.max(avg, 0.001))),
     );
     let batch: StartedTask[];
     try {
-      batch = await withRetry('start', () => startTasks(db, table, init.workerId, limit));
+      batch = await withRetry('start', () => start(db, table, limit));
     } catch (err) {
-      log.error({ err }, 'start failed');
+      log.error({ err, job: job.name }, 'start failed');
       await sleep(init.pollMs);
       continue;
     }
@@ -120,7 +141,12 @@ async function main(): Promise<void> {
       await sleep(init.pollMs);
       continue;
     }
-    send({ t: 'started', n: batch.length, tasks: batch.map((b) => ({ pk: b.pk, attempt: b.attempt })) });
+    send({
+      t: 'started',
+      job: job.name,
+      n: batch.length,
+      tasks: batch.map((b) => ({ pk: b.pk, attempt: b.attempt })),
+    });
 
     const results: TaskResult[] = [];
     let overran = false;
@@ -130,9 +156,9 @@ async function main(): Promise<void> {
       // In a batch, the agent must know which started tasks never ran if this process dies.
       if (batch.length > 1) await sendConfirmed({ t: 'running', index: i });
       const t0 = performance.now();
-      const outcome = await runOne(job, table, task, db, maxMs);
+      const outcome = await runOne(job, task, db, job.maxJobDurationMinutes * 60_000);
       const ms = performance.now() - t0;
-      avgMs = avgMs * 0.7 + ms * 0.3;
+      avgMs.set(job.name, (avgMs.get(job.name) ?? 1000) * 0.7 + ms * 0.3);
       results.push(outcome.result);
       if (outcome.overran) {
         overran = true;
@@ -152,9 +178,57 @@ async function main(): Promise<void> {
   process.exit(0);
 }
 
+/** Gives back the tasks still queued for a job this worker no longer serves (tries unchanged). */
+async function giveBack(db: import('pg').Pool, table: JobTable, next: string | null) {
+  try {
+    const r = await withRetry('give back', () =>
+      releaseTasks(db, table, {
+        reason: `worker reassigned to ${next ?? 'no job'}`,
+        workers: [init.workerId],
+        onlyUnstarted: true,
+      }),
+    );
+    if (r.requeued > 0)
+      log.info({ job: table.job.name, tasks: r.requeued }, 'queued tasks given back');
+  } catch (err) {
+    // They go back at maxReservedSeconds.
+    log.warn({ err, job: table.job.name }, 'could not give back queued tasks');
+  }
+}
+
+/** Starts a batch; with a starter hook, in one transaction with the hook's updates. */
+async function start(db: import('pg').Pool, table: JobTable, limit: number) {
+  const starter = table.job.starter;
+  if (!starter) return startTasks(db, table, init.workerId, limit);
+
+  return withTransaction(db, async (client) => {
+    const batch = await startTasks(client, table, init.workerId, limit);
+    const ctx = hookContext(table, client, log);
+    for (const task of batch) {
+      await inSavepoint(client, table.job.name, 'starter', () => starter(task.row, ctx));
+    }
+
+    return batch;
+  });
+}
+
+/**
+ * Runs a hook inside a savepoint of the statement's transaction: a hook that throws, or
+ * whose query fails, is rolled back alone and reported; the start or finish stands.
+ */
+async function inSavepoint(
+  client: import('pg').PoolClient,
+  job: string,
+  hook: HookName,
+  fn: () => unknown,
+): Promise<void> {
+  await client.query('SAVEPOINT pampa_hook');
+  const got = await hooks.call(job, hook, fn, HookResults.any);
+  await client.query(got.ok ? 'RELEASE SAVEPOINT pampa_hook' : 'ROLLBACK TO SAVEPOINT pampa_hook');
+}
+
 async function runOne(
   job: JobConfig,
-  table: JobTable,
   task: StartedTask,
   db: import('pg').Pool,
   maxMs: number,
@@ -194,7 +268,7 @@ async function runOne(
       overran: false,
     };
   } catch (err) {
-    log.debug({ err, task: task.pk, attempt: task.attempt, table: table.job.table }, 'task failed');
+    log.debug({ err, job: job.name, task: task.pk, attempt: task.attempt }, 'task failed');
 
     return {
       result: { pk: task.pk, attempt: task.attempt, ok: false, error: errorText(err) },
@@ -214,12 +288,12 @@ async function flush(
   leftover: StartedTask[],
 ): Promise<void> {
   try {
-    const written = await withRetry('finish', () => finishTasks(db, table, init.workerId, results));
+    const written = await withRetry('finish', () => finish(db, table, results));
     const ok = results.filter((r) => r.ok && written.has(r.pk)).length;
     const failed = results.filter((r) => !r.ok && written.has(r.pk)).length;
     const stale = results.length - written.size;
     if (stale > 0) log.warn({ stale }, 'finish discarded: tasks were relaunched meanwhile');
-    send({ t: 'finished', ok, failed, stale });
+    send({ t: 'finished', job: table.job.name, ok, failed, stale });
     if (leftover.length > 0) {
       await withRetry('unstart', () => unstartTasks(db, table, init.workerId, leftover));
     }
@@ -227,6 +301,32 @@ async function flush(
     // The tasks stay started; the agent or the dispatcher relaunches them.
     log.error({ err, tasks: results.length }, 'finish failed');
   }
+}
+
+/** Finishes a batch; with a finisher hook, in one transaction with the hook's updates. */
+async function finish(db: import('pg').Pool, table: JobTable, results: TaskResult[]) {
+  const finisher = table.job.finisher;
+  if (!finisher) return finishTasks(db, table, init.workerId, results);
+
+  return withTransaction(db, async (client) => {
+    const rows = new Map<string, Record<string, unknown>>();
+    const written = await finishTasks(client, table, init.workerId, results, rows);
+    const ctx = hookContext(table, client, log);
+    const max = table.job.maxTryTimes;
+    for (const r of results) {
+      const row = rows.get(r.pk);
+      if (!row) continue;
+      const result = {
+        ok: r.ok,
+        error: r.error,
+        attempt: r.attempt,
+        closed: r.ok || r.attempt >= max,
+      };
+      await inSavepoint(client, table.job.name, 'finisher', () => finisher(row, result, ctx));
+    }
+
+    return written;
+  });
 }
 
 main().catch((err) => {

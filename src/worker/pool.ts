@@ -1,4 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import type { JobTable } from '../db/table.js';
@@ -16,9 +17,15 @@ export interface WorkerPoolOptions {
   agentId: string;
   node: string;
   count: number;
-  /** Job served by worker n (1-based). */
-  jobFor: (n: number) => string;
+  /** The job each worker serves when it starts (its assignment as last read), or null. */
+  jobOf: (worker: string) => string | null;
   tables: Map<string, JobTable>;
+  /**
+   * Memory limit of each worker process (MB): its V8 heap is capped there
+   * (--max-old-space-size), and a process whose resident set grows past it is killed, its
+   * running task failed with that reason, and the process started again.
+   */
+  maxMemoryMb?: number;
   db: pg.Pool;
   pollMs: number;
   log: Logger;
@@ -34,7 +41,8 @@ export interface WorkerPoolOptions {
 
 export interface WorkerState {
   id: string;
-  job: string;
+  /** The job it is assigned, or null. */
+  job: string | null;
   pid: number | null;
   busy: boolean;
   lastActivityAt: number | null;
@@ -48,8 +56,11 @@ interface Slot extends WorkerState {
   runningSince: number | null;
   lastHeartbeat: number;
   stopping: boolean;
-  /** The batch started last and the index of the task reported running (−1: none yet). */
+  /** The batch started last, its job, and the index of the task reported running (−1: none). */
   batch: { pk: string; attempt: number }[];
+  batchJob: string | null;
+  /** Why the pool killed the process, when it did (memory), for the tasks' error text. */
+  killReason: string | null;
   runningIndex: number;
   /** Resolves once the process is gone and its tasks were released. */
   exited: Promise<void>;
@@ -76,9 +87,10 @@ export class WorkerPool {
     if (this.started) return;
     this.started = true;
     for (let n = 1; n <= this.o.count; n++) {
+      const id = `${this.o.node}.${n}`;
       const slot: Slot = {
-        id: `${this.o.node}.${n}`,
-        job: this.o.jobFor(n),
+        id,
+        job: this.o.jobOf(id),
         pid: null,
         busy: false,
         lastActivityAt: null,
@@ -92,6 +104,8 @@ export class WorkerPool {
         exited: Promise.resolve(),
         onGone: () => undefined,
         batch: [],
+        batchJob: null,
+        killReason: null,
         runningIndex: -1,
       };
       this.slots.push(slot);
@@ -120,6 +134,17 @@ export class WorkerPool {
     for (const s of this.slots) if (!want || want.has(s.id)) this.send(s, { t: 'wake' });
   }
 
+  /** Assigns workers of this pool to jobs (null: none); others in the map are ignored. */
+  assign(jobs: ReadonlyMap<string, string | null>): void {
+    for (const s of this.slots) {
+      if (!jobs.has(s.id)) continue;
+      const job = jobs.get(s.id) ?? null;
+      if (job === s.job) continue;
+      s.job = job;
+      this.send(s, { t: 'assign', job });
+    }
+  }
+
   private send(s: Slot, msg: ToWorker): void {
     if (s.child?.connected) s.child.send(msg, () => undefined);
   }
@@ -133,15 +158,20 @@ export class WorkerPool {
       databaseUrl: this.o.databaseUrl,
       pollMs: this.o.pollMs,
     };
+    const execArgv = process.execArgv.filter(
+      (a) => !a.startsWith('--test') && !a.startsWith('--max-old-space-size'),
+    );
+    if (this.o.maxMemoryMb) execArgv.push(`--max-old-space-size=${this.o.maxMemoryMb}`);
     const child = fork(CHILD, [JSON.stringify(init)], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      execArgv: process.execArgv.filter((a) => !a.startsWith('--test')),
+      execArgv,
       env: { ...process.env, DATABASE_URL: this.o.databaseUrl },
     });
     slot.child = child;
     slot.pid = child.pid ?? null;
     slot.lastHeartbeat = Date.now();
     slot.runningSince = null;
+    slot.killReason = null;
     slot.exited = new Promise((resolve) => (slot.onGone = resolve));
     child.on('error', (err) => this.o.log.error({ err, worker: slot.id }, 'worker process error'));
     child.on('message', (msg: FromWorker) => this.onMessage(slot, msg));
@@ -156,10 +186,11 @@ export class WorkerPool {
         break;
       case 'started':
         s.batch = msg.tasks;
+        s.batchJob = msg.job;
         s.runningIndex = -1;
         s.busy = true;
         s.lastActivityAt = Date.now();
-        this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'started', n: msg.n });
+        this.o.onActivity?.({ worker: s.id, job: msg.job, kind: 'started', n: msg.n });
         this.o.onCapacity();
         break;
       case 'running':
@@ -171,9 +202,10 @@ export class WorkerPool {
         s.done += msg.ok;
         s.failed += msg.failed;
         s.lastActivityAt = Date.now();
-        if (msg.ok) this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'succeeded', n: msg.ok });
+        if (msg.ok)
+          this.o.onActivity?.({ worker: s.id, job: msg.job, kind: 'succeeded', n: msg.ok });
         if (msg.failed)
-          this.o.onActivity?.({ worker: s.id, job: s.job, kind: 'failed', n: msg.failed });
+          this.o.onActivity?.({ worker: s.id, job: msg.job, kind: 'failed', n: msg.failed });
         break;
       case 'heartbeat':
         s.runningSince = msg.runningSince;
@@ -185,11 +217,27 @@ export class WorkerPool {
     }
   }
 
-  /** A task whose worker's event loop is stuck past the job's maximum duration: kill it. */
+  /**
+   * This node may be declared dead (its registry heartbeat is failing), and its tasks relaunched
+   * elsewhere: stop every running task now, so none runs twice at once.
+   */
+  fence(reason: string): void {
+    for (const s of this.slots) {
+      if (!s.child || s.stopping) continue;
+      s.killReason = reason;
+      s.child.kill('SIGKILL');
+    }
+  }
+
+  /**
+   * A task whose worker's event loop is stuck past the job's maximum duration: kill it. A
+   * worker whose resident set passed maxMemoryMb: kill it too.
+   */
   private checkOverruns(): void {
     const now = Date.now();
+    if (this.o.maxMemoryMb) void this.checkMemory(this.o.maxMemoryMb);
     for (const s of this.slots) {
-      const table = this.o.tables.get(s.job);
+      const table = this.o.tables.get(s.batchJob ?? s.job ?? '');
       if (!table || !s.child || s.stopping) continue;
       const maxMs = table.job.maxJobDurationMinutes * 60_000;
       if (s.runningSince !== null && now - s.runningSince > maxMs + 2000) {
@@ -199,6 +247,23 @@ export class WorkerPool {
         );
         s.child.kill('SIGKILL');
       }
+    }
+  }
+
+  private async checkMemory(maxMb: number): Promise<void> {
+    for (const s of this.slots) {
+      const child = s.child;
+      if (!child?.pid || s.stopping || s.killReason) continue;
+      const mb = await residentMb(child.pid);
+      if (mb === null || mb <= maxMb || s.child !== child) continue;
+      s.killReason =
+        `worker process ${s.id} used ${mb} MB, more than maxMemoryMb (${maxMb} MB); ` +
+        'it was killed and restarted';
+      this.o.log.warn(
+        { worker: s.id, rssMb: mb, maxMemoryMb: maxMb },
+        'worker over its memory limit; killing it',
+      );
+      child.kill('SIGKILL');
     }
   }
 
@@ -212,12 +277,17 @@ export class WorkerPool {
     s.child = null;
     s.pid = null;
     s.busy = false;
-    const reason = signal
-      ? `worker process ${s.id} was killed by ${signal}`
-      : code === 75
-        ? `worker process ${s.id} stopped an overrunning task`
-        : `worker process ${s.id} exited with code ${code}`;
+    const reason = s.killReason
+      ? s.killReason
+      : this.o.maxMemoryMb && (signal === 'SIGABRT' || code === 134)
+        ? `worker process ${s.id} ran out of memory: its heap reached maxMemoryMb (${this.o.maxMemoryMb} MB)`
+        : signal
+          ? `worker process ${s.id} was killed by ${signal}`
+          : code === 75
+            ? `worker process ${s.id} stopped an overrunning task`
+            : `worker process ${s.id} exited with code ${code}`;
     if (!s.stopping) this.o.log.warn({ worker: s.id, code, signal }, 'worker process died');
+    s.killReason = null;
     await this.unstartUnrun(s);
     await this.releaseOf(s, s.stopping ? 'shutdown' : reason);
     s.onGone();
@@ -235,7 +305,7 @@ export class WorkerPool {
    * are not charged a try. The task reported running (and any before it) did run.
    */
   private async unstartUnrun(s: Slot): Promise<void> {
-    const table = this.o.tables.get(s.job);
+    const table = s.batchJob === null ? undefined : this.o.tables.get(s.batchJob);
     const unrun = s.batch.slice(s.batch.length > 1 ? s.runningIndex + 1 : s.batch.length);
     s.batch = [];
     if (!table || unrun.length === 0) return;
@@ -247,22 +317,29 @@ export class WorkerPool {
     }
   }
 
-  /** Gives back the tasks held by a worker that is gone, retrying while the database is down. */
+  /**
+   * Gives back the tasks held by a worker that is gone, in every job (it may have switched job
+   * with tasks still held), retrying while the database is down.
+   */
   private async releaseOf(s: Slot, reason: string): Promise<void> {
-    const table = this.o.tables.get(s.job);
-    if (!table) return;
-    for (let attempt = 1; attempt <= 60; attempt++) {
-      try {
-        const r = await releaseTasks(this.o.db, table, { reason, workers: [s.id] });
-        if (r.requeued + r.closed > 0)
-          this.o.log.info({ worker: s.id, ...r, reason }, 'tasks of a gone worker released');
-        return;
-      } catch (err) {
-        if (!isTransientDbError(err)) {
-          this.o.log.error({ err, worker: s.id }, 'release failed');
-          return;
+    for (const table of this.o.tables.values()) {
+      for (let attempt = 1; attempt <= 60; attempt++) {
+        try {
+          const r = await releaseTasks(this.o.db, table, { reason, workers: [s.id] });
+          if (r.requeued + r.closed > 0) {
+            this.o.log.info(
+              { worker: s.id, job: table.job.name, ...r, reason },
+              'tasks of a gone worker released',
+            );
+          }
+          break;
+        } catch (err) {
+          if (!isTransientDbError(err)) {
+            this.o.log.error({ err, worker: s.id }, 'release failed');
+            break;
+          }
+          await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
         }
-        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
       }
     }
   }
@@ -277,10 +354,8 @@ export class WorkerPool {
       s.stopping = true;
       this.send(s, { t: 'drain' });
     }
-    for (const job of new Set(this.slots.map((s) => s.job))) {
-      const table = this.o.tables.get(job);
-      const workers = this.slots.filter((s) => s.job === job).map((s) => s.id);
-      if (!table) continue;
+    const workers = this.ids();
+    for (const [job, table] of this.o.tables) {
       try {
         const r = await releaseTasks(this.o.db, table, {
           reason: 'shutdown',
@@ -311,5 +386,17 @@ export class WorkerPool {
       s.stopping = true;
       s.child?.kill('SIGKILL');
     }
+  }
+}
+
+/** Resident set of a process (MB) from /proc; null where /proc is missing or the process gone. */
+async function residentMb(pid: number): Promise<number | null> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const kb = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+
+    return kb ? Math.round(Number(kb[1]) / 1024) : null;
+  } catch {
+    return null;
   }
 }

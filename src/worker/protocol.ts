@@ -3,24 +3,28 @@
 export interface WorkerInit {
   configPath: string;
   workerId: string;
-  job: string;
+  /** The job assigned to this worker when it starts; null: none yet. */
+  job: string | null;
   agentId: string;
   databaseUrl: string;
   pollMs: number;
 }
 
 export type ToWorker =
-  | { t: 'wake' }
+  /** Tasks were reserved to this worker; `job` when its assignment is known to have changed. */
+  | { t: 'wake'; job?: string | null }
+  /** Serve `job` from now on (null: none); queued tasks of the previous job are given back. */
+  | { t: 'assign'; job: string | null }
   /** Start nothing new; finish the task at hand, give back the rest, then exit. */
   | { t: 'drain' };
 
 export type FromWorker =
   | { t: 'ready' }
   /** Started `n` tasks; the queue the dispatcher tops up just shrank. */
-  | { t: 'started'; n: number; tasks: { pk: string; attempt: number }[] }
+  | { t: 'started'; job: string; n: number; tasks: { pk: string; attempt: number }[] }
   /** About to run task `index` of the batch; sent before it runs, confirmed written. */
   | { t: 'running'; index: number }
-  | { t: 'finished'; ok: number; failed: number; stale: number }
+  | { t: 'finished'; job: string; ok: number; failed: number; stale: number }
   /** Every 500 ms: whether a task is running and since when (epoch ms). */
   | { t: 'heartbeat'; runningSince: number | null; task: string | null }
   | { t: 'fatal'; message: string };

@@ -72,12 +72,14 @@ export interface TaskResult {
  * Finishes a batch of attempts. Success closes the task. A failure with tries left gives the
  * task back with a not-before time (reservedAt = now + backoff, reservedBy NULL); the last
  * failure closes it as failed. Returns the keys that were written: the others were stale.
+ * With `rows`, the written rows are put in it by key, as they are after the finish.
  */
 export async function finishTasks(
   db: pg.Pool | pg.PoolClient,
   t: JobTable,
   worker: string,
   results: TaskResult[],
+  rows?: Map<string, TaskRow>,
 ): Promise<Set<string>> {
   if (results.length === 0) return new Set();
   const { col, job } = t;
@@ -91,13 +93,13 @@ export async function finishTasks(
   ];
   if (col.success) sets.push(`${col.success} = u.ok`);
   if (col.error) sets.push(`${col.error} = CASE WHEN u.ok THEN NULL ELSE u.err END`);
-  const res = await db.query<{ pk: string }>({
+  const res = await db.query({
     text: `UPDATE ${t.table} SET ${sets.join(', ')}
              FROM unnest($1::text[], $2::int[], $3::bool[], $4::text[]) AS u(pk, attempt, ok, err)
             WHERE ${t.table}.${t.pk} = u.pk::${t.pkType} AND ${col.reservedBy} = $5
               AND ${col.tries} = u.attempt AND ${col.startedAt} IS NOT NULL
               AND ${col.endedAt} IS NULL
-           RETURNING ${t.table}.${t.pk}::text AS pk`,
+           RETURNING ${rows ? `${t.table}.*, ` : ''}${t.table}.${t.pk}::text AS "__pampa_pk"`,
     values: [
       results.map((r) => r.pk),
       results.map((r) => r.attempt),
@@ -109,7 +111,13 @@ export async function finishTasks(
     ],
   });
 
-  return new Set(res.rows.map((r) => r.pk));
+  const written = new Set<string>();
+  for (const { __pampa_pk: pk, ...row } of res.rows as (TaskRow & { __pampa_pk: string })[]) {
+    written.add(pk);
+    rows?.set(pk, row);
+  }
+
+  return written;
 }
 
 /**
