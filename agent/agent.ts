@@ -143,6 +143,7 @@ export class Agent {
       count,
       jobOf: (id) => this.assignments.get(id) ?? null,
       maxMemoryMb: c.nodes.find((n) => n.name === this.node)?.maxMemoryMb,
+      maxCpuPercent: c.nodes.find((n) => n.name === this.node)?.maxCpuPercent,
       tables: this.tables,
       db: this.db,
       pollMs: c.workerPollMs,

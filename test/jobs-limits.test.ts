@@ -1,9 +1,10 @@
 import '../src/polyfills.js';
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { after, describe, test } from 'node:test';
 import { cleanUp, scalar, setupJobs, waitFor } from './helpers/jobs.js';
 
-/** Per-worker memory limit from the node descriptor, enforced on real worker processes. */
+/** Per-worker memory and CPU limits from the node descriptor, on real worker processes. */
 
 after(cleanUp);
 
@@ -55,6 +56,70 @@ describe('resource limits', { concurrency: false }, () => {
       for (const x of rest) assert.equal(x.ok, true, `row ${x.id}`);
       assert.equal(a.child.exitCode, null, 'the agent stays up');
       assert.deepEqual(await a.term(), { code: 0, signal: null }, s.logs());
+    },
+  );
+
+  test(
+    'a worker is held to maxCpuPercent of a core by pauses; a node without the limit is not',
+    { timeout: 90_000 },
+    async () => {
+      const burn = (name: string, filter: string) => `defineJob({ name: '${name}', table: '${name}',
+          primaryKey: 'id', queueSize: 1, workerFilter: '${filter}',
+          run: async (task, ctx) => {
+            await ctx.db.query('INSERT INTO cpu (worker, pid) VALUES ($1, $2)', [ctx.worker, process.pid]);
+            const t0 = Date.now();
+            const c0 = process.cpuUsage();
+            while (Date.now() - t0 < 3000) Math.sqrt(Math.random());
+            const c = process.cpuUsage(c0);
+            await ctx.db.query('UPDATE cpu SET ratio = $2 WHERE worker = $1 AND ratio IS NULL',
+              [ctx.worker, (c.user + c.system) / 1000 / (Date.now() - t0)]);
+          } })`;
+      const s = await setupJobs({
+        sql: `CREATE TABLE cpu (worker text, pid int, ratio float8);
+          CREATE TABLE burn1 (id bigint PRIMARY KEY); INSERT INTO burn1 VALUES (1);
+          CREATE TABLE burn2 (id bigint PRIMARY KEY); INSERT INTO burn2 VALUES (1)`,
+        migrate: [
+          { name: 'burn1', table: 'burn1', primaryKey: 'id' },
+          { name: 'burn2', table: 'burn2', primaryKey: 'id' },
+        ],
+        body: `
+        nodes: [{ name: 'n1', maxWorkers: 1, maxCpuPercent: 25 }, { name: 'n2', maxWorkers: 1 }],
+        jobs: [${burn('burn1', '^n1\\.')}, ${burn('burn2', '^n2\\.')}],`,
+      });
+      const a = s.start('n1', 1);
+      const b = s.start('n2', 1);
+      // While each task burns, sample its process state: T is stopped (paused by the throttle).
+      const stopped = new Map<string, number>();
+      await waitFor(
+        'both tasks sampled',
+        async () => {
+          const runs = await s.pool.query<{ worker: string; pid: number; ratio: number | null }>(
+            'SELECT worker, pid, ratio FROM cpu',
+          );
+          for (const r of runs.rows) {
+            if (r.ratio !== null) continue;
+            const state = await readFile(`/proc/${r.pid}/stat`, 'utf8').then(
+              (st) => st.slice(st.lastIndexOf(')') + 2).split(' ')[0],
+              () => '?',
+            );
+            stopped.set(r.worker, (stopped.get(r.worker) ?? 0) + (state === 'T' ? 1 : 0));
+          }
+
+          return runs.rows.length === 2 && runs.rows.every((r) => r.ratio !== null);
+        },
+        60_000,
+        20,
+        s.logs,
+      );
+      const r = await s.pool.query<{ worker: string; ratio: number }>(
+        'SELECT worker, ratio FROM cpu ORDER BY 1',
+      );
+      assert.equal(r.rows[0].worker, 'n1.1');
+      assert.ok(r.rows[0].ratio <= 0.35, `limited worker used ${r.rows[0].ratio} of a core`);
+      assert.ok((stopped.get('n1.1') ?? 0) > 0, 'the limited worker was seen paused');
+      assert.equal(stopped.get('n2.1') ?? 0, 0, 'the other one never');
+      assert.deepEqual(await a.term(), { code: 0, signal: null }, s.logs());
+      assert.deepEqual(await b.term(), { code: 0, signal: null }, s.logs());
     },
   );
 });

@@ -185,6 +185,11 @@ export const NodeSchema = z
      * worker whose resident set passes it is killed and restarted, its task failed.
      */
     maxMemoryMb: positiveInt.min(64).optional(),
+    /**
+     * CPU share of each worker process on this node (% of one core): a worker that used more
+     * is paused (SIGSTOP) until it is back within its share, at most 1 s at a time.
+     */
+    maxCpuPercent: z.number().min(1).max(100).optional(),
   })
   .strict();
 

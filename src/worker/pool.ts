@@ -7,6 +7,7 @@ import type { Logger } from '../log.js';
 import { releaseTasks } from '../dispatch/release.js';
 import { isTransientDbError } from '../db/pool.js';
 import { unstartTasks } from './statements.js';
+import { CpuThrottle } from './throttle.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 
 const CHILD = fileURLToPath(new URL('./child.js', import.meta.url));
@@ -26,6 +27,8 @@ export interface WorkerPoolOptions {
    * running task failed with that reason, and the process started again.
    */
   maxMemoryMb?: number;
+  /** CPU share of each worker process (% of one core), held by a SIGSTOP/SIGCONT throttle. */
+  maxCpuPercent?: number;
   db: pg.Pool;
   pollMs: number;
   log: Logger;
@@ -76,6 +79,7 @@ export class WorkerPool {
   private readonly slots: Slot[] = [];
   private started = false;
   private watchdog: NodeJS.Timeout | undefined;
+  private throttle: CpuThrottle | undefined;
 
   constructor(private readonly o: WorkerPoolOptions) {}
 
@@ -113,6 +117,11 @@ export class WorkerPool {
     }
     this.watchdog = setInterval(() => this.checkOverruns(), 1000);
     this.watchdog.unref();
+    if (this.o.maxCpuPercent) {
+      const pids = () => this.slots.flatMap((s) => (s.child?.pid ? [s.child.pid] : []));
+      this.throttle = new CpuThrottle(this.o.maxCpuPercent, pids, this.o.log);
+      this.throttle.start();
+    }
   }
 
   states(): WorkerState[] {
@@ -350,6 +359,7 @@ export class WorkerPool {
    */
   async drain(graceMs: number): Promise<void> {
     if (!this.started) return;
+    this.throttle?.stop();
     for (const s of this.slots) {
       s.stopping = true;
       this.send(s, { t: 'drain' });
@@ -382,6 +392,7 @@ export class WorkerPool {
   stop(): void {
     this.started = false;
     clearInterval(this.watchdog);
+    this.throttle?.stop();
     for (const s of this.slots) {
       s.stopping = true;
       s.child?.kill('SIGKILL');
