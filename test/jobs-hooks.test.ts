@@ -165,6 +165,8 @@ describe('job hooks with real agents', { concurrency: false }, () => {
           INSERT INTO other SELECT generate_series(1, 10)`,
         migrate: [
           { name: 'broken', table: 'item', primaryKey: 'id' },
+          { name: 'badsql', table: 'item', primaryKey: 'id' },
+          { name: 'badparams', table: 'item', primaryKey: 'id' },
           { name: 'fine', table: 'other', primaryKey: 'id' },
         ],
         body: `jobs: [
@@ -173,6 +175,16 @@ describe('job hooks with real agents', { concurrency: false }, () => {
             selecting: () => { throw new Error('selecting broke'); },
             relaunching: () => 'not an object',
             counters: { total: () => 'many', failed: () => { throw new Error('failed broke'); } },
+          }),
+          defineJob({
+            name: 'badsql', table: 'item', primaryKey: 'id', run: (task, ctx) => record(ctx, task),
+            selecting: () => ({ where: 'no_such_column > 1' }),
+            relaunching: () => ({ where: 'no_such_column IS NULL' }),
+          }),
+          defineJob({
+            name: 'badparams', table: 'item', primaryKey: 'id',
+            run: (task, ctx) => record(ctx, task),
+            selecting: () => ({ where: 'value > $2', params: [1] }),
           }),
           defineJob({
             name: 'fine', table: 'other', primaryKey: 'id', run: (task, ctx) => record(ctx, task),
@@ -199,6 +211,8 @@ describe('job hooks with real agents', { concurrency: false }, () => {
         status.jobs.map((j) => [j.name, j.total, j.failed]),
         [
           ['broken', 5, 0],
+          ['badsql', 5, 0],
+          ['badparams', 5, 0],
           ['fine', 10, 0],
         ],
         'broken counters fall back to Pampa’s own figures',
@@ -214,13 +228,16 @@ describe('job hooks with real agents', { concurrency: false }, () => {
           'broken/relaunching',
           'broken/counters.total',
           'broken/counters.failed',
+          'badsql/selecting',
+          'badsql/relaunching',
+          'badparams/selecting',
           'fine/starter',
         ];
 
         return want.every((w) => seen.has(w)) ? seen : null;
       });
       assert.equal(
-        await scalar(s.pool, 'SELECT count(*)::int FROM exec_log WHERE job = $1', ['broken']),
+        await scalar(s.pool, "SELECT count(*)::int FROM exec_log WHERE job <> 'fine'"),
         0,
         'a job whose selecting hook fails reserves nothing',
       );

@@ -168,7 +168,9 @@ export class Dispatcher {
         const workers = live.filter((w) => this.assigned.get(w) === job);
         if (workers.length === 0) continue;
         if (!this.o.token()) return;
-        await this.reserve(job, table, workers, selection, fence, token.epoch);
+        await this.isolated(table, 'selecting', () =>
+          this.reserve(job, table, workers, selection, fence, token.epoch),
+        );
       }
       this.lastError = null;
     } catch (err) {
@@ -216,13 +218,16 @@ export class Dispatcher {
       const j = t.job;
       const selection = selections.get(name);
       const cap = j.maxPendingTasks ? j.maxPendingTasks * (j.maxAssignedWorkers ?? live.length) : 1;
+      const backlog = selection
+        ? await this.isolated(t, 'selecting', () => countBacklog(this.o.db, t, cap, selection))
+        : null;
       jobs.push({
         name,
-        backlog: selection ? await countBacklog(this.o.db, t, cap, selection) : 0,
+        backlog: backlog ?? 0,
         maxPendingTasks: j.maxPendingTasks,
         maxAssignedWorkers: j.maxAssignedWorkers,
         filter: compileFilter(j.workerFilter),
-        hold: selection === null,
+        hold: backlog === null,
       });
     }
     const next = stretch(live, jobs, this.assigned, this.rounds);
@@ -346,8 +351,10 @@ export class Dispatcher {
       );
       if (got.ok && got.value) {
         const where = { sql: got.value.where, params: got.value.params ?? [] };
-        const rows = await reopenTasks(this.o.db, table, { where, limit, fence });
-        await this.relaunched(table, 'relaunching', rows.length, rows);
+        const rows = await this.isolated(table, 'relaunching', () =>
+          reopenTasks(this.o.db, table, { where, limit, fence }),
+        );
+        if (rows) await this.relaunched(table, 'relaunching', rows.length, rows);
       }
     }
     if (j.recurEverySeconds !== undefined) {
@@ -365,6 +372,27 @@ export class Dispatcher {
         .toDate();
       const rows = await reopenTasks(this.o.db, table, { endedBefore: tick, limit, fence });
       await this.relaunched(table, 'recurrent', rows.length, rows);
+    }
+  }
+
+  /**
+   * Runs a statement that carries a hook's SQL fragments. When the job has that hook and the
+   * database refuses the statement (a syntax error, an unknown column: anything but a lost
+   * connection), the failure is the hook's: it is reported with the job's and the hook's name
+   * and null returned, so the other jobs' steps go on.
+   */
+  private async isolated<T>(
+    t: JobTable,
+    hook: 'selecting' | 'relaunching',
+    fn: () => Promise<T>,
+  ): Promise<T | null> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!t.job[hook] || isTransientDbError(err)) throw err;
+      this.hooks.report(t.job.name, hook, err);
+
+      return null;
     }
   }
 

@@ -16,8 +16,9 @@ export async function jobCounters(db: pg.Pool, t: JobTable): Promise<JobCounters
   const c = await countTasks(db, t);
   const hooks = t.job.counters;
   if (!hooks) return c;
-  runner ??= new HookRunner(componentLogger('hooks'));
-  const ctx = { ...hookContext(t, db, componentLogger('hooks', { job: t.job.name })), db };
+  const log = componentLogger('hooks');
+  runner ??= new HookRunner(log);
+  const ctx = { ...hookContext(t, db, log), db };
   for (const key of ['total', 'completed', 'pending', 'failed'] as const) {
     const hook = hooks[key];
     if (!hook) continue;

@@ -32,13 +32,31 @@ export const HookResults = {
       params: z.array(z.unknown()).optional(),
     })
     .strict()
+    .superRefine((s, ctx) => placeholdersBound([s.where, s.orderBy], s.params, ctx))
     .nullish(),
   relaunching: z
     .object({ where: z.string().min(1), params: z.array(z.unknown()).optional() })
     .strict()
+    .superRefine((s, ctx) => placeholdersBound([s.where], s.params, ctx))
     .nullish(),
   any: z.unknown(),
 } as const;
+
+/** Every `$n` of a hook's fragments must name one of its params. */
+function placeholdersBound(
+  fragments: (string | undefined)[],
+  params: unknown[] | undefined,
+  ctx: z.RefinementCtx,
+): void {
+  for (const sql of fragments) {
+    if (sql === undefined) continue;
+    try {
+      shiftPlaceholders(sql, 0, params?.length ?? 0);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    }
+  }
+}
 
 /** A failure is logged at most this often per job and hook, with the count left out (ms). */
 const REPORT_EVERY_MS = 10_000;
@@ -92,7 +110,8 @@ export class HookRunner {
     }
   }
 
-  private report(job: string, hook: HookName, err: unknown): void {
+  /** Reports a failure that surfaced later, e.g. a hook's SQL fragment the database refused. */
+  report(job: string, hook: HookName, err: unknown): void {
     const key = `${job}\u0000${hook}`;
     const now = Date.now();
     const last = this.reported.get(key);
