@@ -301,40 +301,30 @@ export const ClusterSchema = z
   })
   .strict()
   .superRefine((c, ctx) => {
-    const seen = new Set<string>();
-    c.jobs.forEach((j, i) => {
-      if (seen.has(j.name)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['jobs', i, 'name'],
-          message: `duplicate job name "${j.name}"`,
-        });
-      }
-      seen.add(j.name);
-    });
-    const standalone = new Set<string>();
-    c.standalone.forEach((p, i) => {
-      if (standalone.has(p.name)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['standalone', i, 'name'],
-          message: `duplicate standalone name "${p.name}"`,
-        });
-      }
-      standalone.add(p.name);
-    });
-    const nodes = new Set<string>();
-    c.nodes.forEach((n, i) => {
-      if (nodes.has(n.name)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['nodes', i, 'name'],
-          message: `duplicate node name "${n.name}"`,
-        });
-      }
-      nodes.add(n.name);
-    });
+    uniqueNames(c.jobs, 'jobs', 'job', ctx);
+    uniqueNames(c.standalone, 'standalone', 'standalone', ctx);
+    uniqueNames(c.nodes, 'nodes', 'node', ctx);
   });
+
+/** Adds an issue at each item whose name an earlier item of the list already has. */
+function uniqueNames(
+  items: { name: string }[],
+  key: string,
+  what: string,
+  ctx: z.RefinementCtx,
+): void {
+  const seen = new Set<string>();
+  items.forEach((item, i) => {
+    if (seen.has(item.name)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [key, i, 'name'],
+        message: `duplicate ${what} name "${item.name}"`,
+      });
+    }
+    seen.add(item.name);
+  });
+}
 
 export type ColumnsInput = z.input<typeof ColumnsSchema>;
 export type JobInput = z.input<typeof JobSchema>;
