@@ -59,6 +59,8 @@ export class Agent {
   private stopping: Promise<void> | undefined;
   private readonly rates = new JobRates();
   private readonly started: (() => Promise<void>)[] = [];
+  private fenceTimer: NodeJS.Timeout | undefined;
+  private fenced = false;
 
   constructor(private readonly o: AgentOptions) {
     this.config = o.config;
@@ -166,7 +168,7 @@ export class Agent {
       tables: this.tables,
       token: () => this.lease.token(),
       workers: () => this.liveWorkers(),
-      deadWorkers: () => this.view.deadWorkers(),
+      deadNodes: () => this.view.deadNodes(),
       onReserved: (_job, given, epoch) => {
         this.pool.wake(given.keys());
         void this.view.publishAssignment(epoch, given);
@@ -203,6 +205,7 @@ export class Agent {
         void this.readAssignments().then(() => this.pool.wake(ids));
       },
       onChange: () => this.dispatcher.kick(),
+      onDeath: () => this.dispatcher.scanNow(),
       onDropped: (reason) => this.metrics.gossipDropped(reason),
     });
 
@@ -234,6 +237,9 @@ export class Agent {
     this.started.push(() => this.lease.stop());
     this.dispatcher.start();
     this.started.push(() => this.dispatcher.stop());
+
+    this.fenceTimer = setInterval(() => this.checkFence(), 250);
+    this.started.push(async () => clearInterval(this.fenceTimer));
 
     this.listener = new NewTaskListener(
       url,
@@ -280,11 +286,40 @@ export class Agent {
           .filter((w) => w.pid !== null)
           .map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }));
     const remote = this.view
-      .adverts()
+      .liveAdverts()
       .filter((a) => a.node !== this.node)
       .flatMap((a) => a.workers.map((w) => ({ id: w.id, job: w.job, freeSlots: w.freeSlots })));
 
     return [...local, ...remote];
+  }
+
+  /**
+   * Self-fencing: the dispatcher declares this node dead once its gossip is lost and its
+   * registry heartbeat is older than nodeDeadAfterMs. Before that can happen (at three quarters
+   * of it, with no peer connected), running tasks are stopped, so a node cut off from the
+   * database and the mesh never runs a task another node also runs.
+   */
+  private checkFence(): void {
+    this.view.checkDeaths();
+    const mesh = this.view.mesh.stats();
+    this.metrics.setPeers(mesh.peers);
+    this.metrics.setMeshSize(mesh.meshSize);
+    const limit = 0.75 * this.config.mesh.nodeDeadAfterMs;
+    const since = this.view.msSinceHeartbeat();
+    if (since < limit) {
+      if (this.fenced) this.log.info({ sinceMs: Math.round(since) }, 'registry heartbeat back');
+      this.fenced = false;
+      return;
+    }
+    // While peers are connected, this node's gossip still reaches them and they hold it alive
+    // (death needs gossip lost AND the registry stale): no one will relaunch its tasks.
+    if (this.fenced || this.draining || mesh.peers > 0) return;
+    this.fenced = true;
+    this.log.warn(
+      { sinceMs: Math.round(since), limitMs: limit },
+      'registry heartbeat lost; stopping running tasks',
+    );
+    this.pool.fence(`worker lost: node ${this.node} lost its registry heartbeat`);
   }
 
   private localAdverts() {
@@ -350,6 +385,7 @@ export class Agent {
   private async shutdown(): Promise<void> {
     this.log.info({ graceMs: this.config.shutdownGraceMs }, 'agent stopping');
     this.draining = true;
+    clearInterval(this.fenceTimer);
     await this.view?.advertise(true).catch(() => undefined);
     await this.dispatcher?.stop();
     await this.standalone?.stop();

@@ -1,5 +1,4 @@
 import type { ClusterConfig } from '../src/config/schema.js';
-import type { EligibleWorker } from '../src/dispatch/dispatcher.js';
 import type { Logger } from '../src/log.js';
 import { Membership } from '../src/mesh/membership.js';
 import { Mesh } from '../src/mesh/mesh.js';
@@ -22,8 +21,10 @@ export interface ClusterViewOptions {
   draining: () => boolean;
   /** Workers of this node that received tasks from a remote dispatcher. */
   onAssignment: (workers: string[]) => void;
-  /** A change a dispatcher may act on at once (an advert with free slots, a node death). */
+  /** A change a dispatcher may act on at once (an advert with free slots). */
   onChange: () => void;
+  /** A node was just declared dead: its tasks may be relaunched now. */
+  onDeath: () => void;
   onDropped?: (reason: string) => void;
 }
 
@@ -42,6 +43,10 @@ export class ClusterView {
   private records: NodeRecord[] = [];
   private lastAdvertKey = '';
   private dbOk = true;
+  /** Send time (monotonic) of the last registry heartbeat that succeeded. */
+  private heartbeatOkAt = performance.now();
+  /** Since when heartbeats have succeeded without a break (monotonic), or null. */
+  private dbSince: number | null = null;
   private readonly dead = new Set<string>();
 
   constructor(private readonly o: ClusterViewOptions) {
@@ -78,7 +83,10 @@ export class ClusterView {
 
   async start(): Promise<void> {
     await this.mesh.start();
+    const sent = performance.now();
     await this.registry.upsertNode(this.registration());
+    this.heartbeatOkAt = sent;
+    this.dbSince = sent;
     await this.refreshRegistry();
     const m = this.o.config.mesh;
     this.advertTimer = setInterval(() => void this.advertise(true), m.advertIntervalMs);
@@ -144,6 +152,7 @@ export class ClusterView {
   }
 
   private async heartbeat(): Promise<void> {
+    const sent = performance.now();
     try {
       const mine = await this.registry.heartbeat(
         this.o.config.name,
@@ -152,11 +161,15 @@ export class ClusterView {
         this.o.localWorkers().map((w) => w.id),
       );
       if (!mine) await this.registry.upsertNode(this.registration());
+      this.heartbeatOkAt = sent;
+      this.dbSince ??= sent;
       await this.refreshRegistry();
       this.dbOk = true;
     } catch (err) {
-      if (this.dbOk) this.o.log.warn({ err }, 'registry heartbeat failed');
+      if (this.dbOk)
+        this.o.log.warn({ err: { message: (err as Error).message } }, 'registry heartbeat failed');
       this.dbOk = false;
+      this.dbSince = null;
     }
   }
 
@@ -167,6 +180,15 @@ export class ClusterView {
       .filter((r) => r.name !== this.o.node && r.stoppedAt === null)
       .flatMap((r) => r.addresses);
     this.mesh.dialKnown(addrs);
+    this.checkDeaths();
+  }
+
+  /**
+   * Declares dead the nodes whose gossip is lost and whose registry heartbeat (its age read
+   * from the database, plus the time since) is past nodeDeadAfterMs. Cheap: the agent calls it
+   * every 250 ms, so a death is noticed within that of the limit, not at the next registry read.
+   */
+  checkDeaths(): void {
     let changed = false;
     for (const r of this.records) {
       const isDead = r.name !== this.o.node && this.membership.state(r.name) === 'dead';
@@ -176,30 +198,38 @@ export class ClusterView {
         this.o.log.warn({ node: r.name, heartbeatAgeMs: r.heartbeatAgeMs }, 'node declared dead');
       } else if (!isDead) this.dead.delete(r.name);
     }
-    if (changed) this.o.onChange();
+    if (changed) this.o.onDeath();
+  }
+
+  /** ms since the send time of the last registry heartbeat that succeeded. */
+  msSinceHeartbeat(): number {
+    return performance.now() - this.heartbeatOkAt;
   }
 
   registryRecords(): NodeRecord[] {
     return this.records;
   }
 
-  /** Workers with a fresh advert from a live, not draining remote node. */
-  remoteWorkers(): EligibleWorker[] {
-    return this.membership
-      .freshAdverts()
-      .filter((a) => a.node !== this.o.node)
-      .flatMap((a) =>
-        a.workers
-          .filter((w) => w.job !== null)
-          .map((w) => ({ id: w.id, job: w.job!, freeSlots: w.freeSlots })),
-      );
+  /**
+   * Fresh adverts of nodes that are alive: a fresh advert from a peer whose connection just
+   * dropped (a node killed a moment ago) would otherwise keep receiving tasks until it ages out.
+   */
+  liveAdverts(): CapacityAdvert[] {
+    return this.membership.freshAdverts().filter((a) => this.membership.state(a.node) === 'alive');
   }
 
-  /** Workers of nodes that are dead: gossip silent AND registry heartbeat stale. */
-  async deadWorkers(): Promise<string[]> {
+  /**
+   * Nodes that are dead: gossip silent AND registry heartbeat stale. Only once this
+   * agent itself has reached the database without a break for nodeDeadAfterMs: right after a
+   * database outage every heartbeat is stale, and live nodes need that long to beat again.
+   */
+  async deadNodes(): Promise<string[]> {
+    const since = this.dbSince;
+    if (since === null || performance.now() - since < this.o.config.mesh.nodeDeadAfterMs) return [];
+
     return this.records
       .filter((r) => r.name !== this.o.node && this.membership.state(r.name) === 'dead')
-      .flatMap((r) => r.workers);
+      .map((r) => r.name);
   }
 
   adverts(): CapacityAdvert[] {

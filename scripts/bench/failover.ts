@@ -2,6 +2,7 @@ import { fileURLToPath } from 'node:url';
 import {
   benchDatabase,
   client,
+  resetBenchTables,
   percentile,
   startAgent,
   stopAgent,
@@ -25,11 +26,7 @@ export async function benchFailover(
   const agents = new Map<string, AgentProcess>();
   const samples: number[] = [];
   try {
-    await db.query('DROP TABLE IF EXISTS bench_tasks');
-    await db.query('DROP SCHEMA IF EXISTS pampa CASCADE');
-    await db.query(`CREATE TABLE bench_tasks (id bigserial PRIMARY KEY, noop_reserved_by varchar(500),
-      noop_reserved_at timestamptz, noop_tries integer NOT NULL DEFAULT 0, noop_started_at timestamptz,
-      noop_ended_at timestamptz, noop_success boolean, noop_error text)`);
+    await resetBenchTables(db);
     for (const n of ['f1', 'f2', 'f3'])
       agents.set(n, startAgent(CONFIG, n, dbh.url, ['--workers', '1']));
     const feeder = setInterval(

@@ -40,10 +40,12 @@ export function startAgent(
         ...process.env,
         DATABASE_URL: url,
         PAMPA_LOG_FORMAT: 'json',
-        PAMPA_LOG_LEVEL: 'warn',
+        PAMPA_LOG_LEVEL: process.env.PAMPA_BENCH_LOGS ? 'info' : 'warn',
         ...env,
       },
       stdio: ['ignore', process.env.PAMPA_BENCH_LOGS ? 'inherit' : 'ignore', 'inherit'],
+      // Own process group, so a SIGKILL of the group takes the agent's workers with it.
+      detached: true,
     },
   );
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -55,8 +57,29 @@ export async function stopAgent(
   a: AgentProcess,
   signal: NodeJS.Signals = 'SIGTERM',
 ): Promise<void> {
-  if (a.child.exitCode === null && a.child.signalCode === null) a.child.kill(signal);
+  if (a.child.exitCode === null && a.child.signalCode === null) {
+    // SIGKILL: the whole group (agent and workers), as when a node dies.
+    if (signal === 'SIGKILL') {
+      try {
+        process.kill(-a.child.pid!, 'SIGKILL');
+      } catch {
+        a.child.kill('SIGKILL');
+      }
+    } else a.child.kill(signal);
+  }
   await a.exited;
+}
+
+/** The bench table: `noop` reservation columns, plus the row's creation time. */
+export const BENCH_TABLE = `CREATE TABLE bench_tasks (id bigserial PRIMARY KEY,
+  created_at timestamptz NOT NULL DEFAULT clock_timestamp(), noop_reserved_by varchar(500),
+  noop_reserved_at timestamptz, noop_tries integer NOT NULL DEFAULT 0,
+  noop_started_at timestamptz, noop_ended_at timestamptz, noop_success boolean, noop_error text)`;
+
+export async function resetBenchTables(db: pg.Pool): Promise<void> {
+  await db.query('DROP TABLE IF EXISTS bench_tasks');
+  await db.query('DROP SCHEMA IF EXISTS pampa CASCADE');
+  await db.query(BENCH_TABLE);
 }
 
 export async function waitFor<T>(

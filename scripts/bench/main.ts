@@ -4,13 +4,87 @@ import { report } from './harness.js';
 import { benchThroughput } from './throughput.js';
 import { benchFailover } from './failover.js';
 import { benchMesh } from './mesh.js';
+import { benchLatency } from './latency.js';
+import { benchDeadNode } from './deadnode.js';
 
 const program = new Command('bench').description(
   'Pampa benchmarks; figures are printed, never asserted',
 );
 
 program
-  .command('throughput', { isDefault: true })
+  .command('all', { isDefault: true })
+  .description('every figure in one table (takes several minutes)')
+  .option('--json', 'one JSON object', false)
+  .option('--mesh-agents <n>', 'agents for the mesh figure', (v) => Number(v), 30)
+  .action(async (o: { json: boolean; meshAgents: number }) => {
+    const noop1 = await benchThroughput(1, 8, 100_000, 0);
+    const noop3 = await benchThroughput(3, 8, 100_000, 0);
+    const slow1 = await benchThroughput(1, 8, 10_000, 10);
+    const slow3 = await benchThroughput(3, 8, 10_000, 10);
+    const latency = await benchLatency(200, 50);
+    const failover = await benchFailover(20);
+    const dead = await benchDeadNode(5);
+    const mesh = await benchMesh(o.meshAgents);
+    report(
+      'Pampa benchmarks',
+      [
+        ['no-op tasks/s, 1 agent × 8 workers, 100k rows', noop1.tasksPerSecond],
+        ['  statements per task', noop1.statementsPerTask],
+        ['no-op tasks/s, 3 agents × 8 workers, 100k rows', noop3.tasksPerSecond],
+        ['10 ms tasks/s, 1 agent × 8 workers, 10k rows', slow1.tasksPerSecond],
+        ['10 ms tasks/s, 3 agents × 8 workers, 10k rows', slow3.tasksPerSecond],
+        ['new row → start p50 / p99 (ms)', `${latency.p50Ms} / ${latency.p99Ms}`],
+        ['failover median / worst (ms), 20 kills', `${failover.medianMs} / ${failover.worstMs}`],
+        ['dead node → tasks elsewhere median / worst (ms)', `${dead.medianMs} / ${dead.worstMs}`],
+        [`mesh of ${mesh.agents} agents formed (s)`, mesh.formSeconds.toFixed(2)],
+        ['  all see one leave (s)', mesh.leaveSeconds.toFixed(2)],
+        ['idle agent RSS (MB)', mesh.idleRssMb],
+      ],
+      o.json,
+      { bench: 'all', noop1, noop3, slow1, slow3, latency, failover, dead, mesh },
+    );
+  });
+
+program
+  .command('latency')
+  .description('new row → task start, p50 and p99, one idle agent')
+  .option('--samples <n>', 'rows, one at a time', (v) => Number(v), 200)
+  .option('--json', 'one JSON object', false)
+  .action(async (o: { samples: number; json: boolean }) => {
+    const r = await benchLatency(o.samples, 50);
+    report(
+      'new row → task start',
+      [
+        ['samples', r.samples],
+        ['p50 (ms)', r.p50Ms],
+        ['p99 (ms)', r.p99Ms],
+      ],
+      o.json,
+      { bench: 'latency', ...r },
+    );
+  });
+
+program
+  .command('deadnode')
+  .description("time from a node's SIGKILL until its running task starts on another node")
+  .option('--rounds <n>', 'kills', (v) => Number(v), 5)
+  .option('--json', 'one JSON object', false)
+  .action(async (o: { rounds: number; json: boolean }) => {
+    const r = await benchDeadNode(o.rounds);
+    report(
+      'dead node → tasks elsewhere',
+      [
+        ['kills', r.rounds],
+        ['median (ms)', r.medianMs],
+        ['worst (ms)', r.worstMs],
+      ],
+      o.json,
+      { bench: 'deadnode', ...r },
+    );
+  });
+
+program
+  .command('throughput')
   .description(
     'no-op tasks per second and statements per task (1 agent × 8 workers × 100,000 rows)',
   )

@@ -2,6 +2,7 @@ import { fileURLToPath } from 'node:url';
 import {
   benchDatabase,
   client,
+  resetBenchTables,
   startAgent,
   stopAgent,
   waitFor,
@@ -23,11 +24,7 @@ export async function benchMesh(
   const db = client(dbh.url);
   const agents: AgentProcess[] = [];
   try {
-    await db.query('DROP TABLE IF EXISTS bench_tasks');
-    await db.query('DROP SCHEMA IF EXISTS pampa CASCADE');
-    await db.query(`CREATE TABLE bench_tasks (id bigserial PRIMARY KEY, noop_reserved_by varchar(500),
-      noop_reserved_at timestamptz, noop_tries integer NOT NULL DEFAULT 0, noop_started_at timestamptz,
-      noop_ended_at timestamptz, noop_success boolean, noop_error text)`);
+    await resetBenchTables(db);
     const t0 = performance.now();
     for (let i = 1; i <= n; i++)
       agents.push(startAgent(CONFIG, `m${i}`, dbh.url, ['--workers', '1']));

@@ -43,7 +43,7 @@ export interface DispatcherOptions {
   /** Live workers across the cluster. */
   workers: () => EligibleWorker[];
   /** Workers of nodes the membership declared dead (gossip silent, registry stale). */
-  deadWorkers: () => Promise<string[]>;
+  deadNodes: () => Promise<string[]>;
   /** Called after a reservation, so the workers start at once. */
   onReserved: (job: string, given: Map<string, number>, epoch: number) => void;
   /** Called after assignments changed: worker → job (null: none). */
@@ -310,7 +310,7 @@ export class Dispatcher {
   }
 
   private async relaunch(fence: Fence): Promise<void> {
-    const dead = await this.o.deadWorkers();
+    const dead = await this.o.deadNodes();
     for (const [job, table] of this.o.tables) {
       const j = table.job;
       const withRows = j.relauncher !== undefined;
@@ -327,7 +327,7 @@ export class Dispatcher {
       if (dead.length > 0) {
         const gone = await releaseTasks(this.o.db, table, {
           reason: 'worker lost: its node died',
-          workers: dead,
+          nodes: dead,
           fence,
           returnRows: withRows,
         });

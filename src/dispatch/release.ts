@@ -13,6 +13,8 @@ export interface ReleaseOptions {
   reason: string;
   /** Only the tasks of these workers. */
   workers?: string[];
+  /** Only the tasks of these nodes' workers. */
+  nodes?: string[];
   /** Only started tasks whose start is older than this (seconds), and unstarted ones whose
    *  reservation is older than `reservedOlderThanSeconds`. */
   startedOlderThanSeconds?: number;
@@ -47,6 +49,11 @@ export async function releaseTasks(
   if (o.workers) {
     values.push(o.workers);
     where.push(`${col.reservedBy} = ANY($${values.length}::text[])`);
+  }
+  if (o.nodes) {
+    // Worker ids are `<node>.<n>`, and node names hold no dot.
+    values.push(o.nodes);
+    where.push(`split_part(${col.reservedBy}, '.', 1) = ANY($${values.length}::text[])`);
   }
   if (o.onlyUnstarted) where.push(`${col.startedAt} IS NULL`);
   if (o.startedOlderThanSeconds !== undefined || o.reservedOlderThanSeconds !== undefined) {

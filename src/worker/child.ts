@@ -43,6 +43,8 @@ function sendConfirmed(msg: FromWorker): Promise<void> {
 }
 
 let wakeUp: (() => void) | null = null;
+/** A wake-up that arrived while the loop was busy: the next sleep returns at once. */
+let wokenEarly = false;
 let draining = false;
 /** The job the agent last assigned; the loop switches to it between batches. */
 let wanted: string | null = init.job;
@@ -52,7 +54,8 @@ let runningTask: string | null = null;
 process.on('message', (msg: ToWorker) => {
   if (msg.t === 'drain') draining = true;
   if (msg.t === 'assign' || (msg.t === 'wake' && msg.job !== undefined)) wanted = msg.job ?? null;
-  wakeUp?.();
+  if (wakeUp) wakeUp();
+  else wokenEarly = true;
 });
 // The agent is gone (killed): nobody supervises this process any more, and the dispatcher will
 // relaunch its tasks elsewhere, so a task still running here must not go on.
@@ -67,6 +70,11 @@ setInterval(() => send({ t: 'heartbeat', runningSince, task: runningTask }), 500
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => {
+    if (wokenEarly) {
+      wokenEarly = false;
+      resolve();
+      return;
+    }
     const timer = setTimeout(done, ms);
     function done() {
       clearTimeout(timer);
