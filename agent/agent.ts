@@ -312,8 +312,9 @@ export class Agent {
       return;
     }
     // While peers are connected, this node's gossip still reaches them and they hold it alive
-    // (death needs gossip lost AND the registry stale): no one will relaunch its tasks.
-    if (this.fenced || this.draining || mesh.peers > 0) return;
+    // (death needs gossip lost AND the registry stale): no one will relaunch its tasks. A node
+    // that never had a peer is alone in its cluster, or still joining: nobody to run them twice.
+    if (this.fenced || this.draining || !this.view.peersLost()) return;
     this.fenced = true;
     this.log.warn(
       { sinceMs: Math.round(since), limitMs: limit },

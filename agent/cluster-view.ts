@@ -47,6 +47,10 @@ export class ClusterView {
   private heartbeatOkAt = performance.now();
   /** Since when heartbeats have succeeded without a break (monotonic), or null. */
   private dbSince: number | null = null;
+  /** When the last registry read completed (monotonic ms). */
+  private readAt = -Infinity;
+  /** Whether a peer was ever connected (a node that never had one cannot be cut off). */
+  private everConnected = false;
   private readonly dead = new Set<string>();
 
   constructor(private readonly o: ClusterViewOptions) {
@@ -175,6 +179,7 @@ export class ClusterView {
 
   private async refreshRegistry(): Promise<void> {
     this.records = await this.registry.listNodes(this.o.config.name);
+    this.readAt = performance.now();
     this.membership.observeRegistry(this.records);
     const addrs = this.records
       .filter((r) => r.name !== this.o.node && r.stoppedAt === null)
@@ -189,16 +194,35 @@ export class ClusterView {
    * every 250 ms, so a death is noticed within that of the limit, not at the next registry read.
    */
   checkDeaths(): void {
+    if (!this.registryCurrent()) return;
     let changed = false;
     for (const r of this.records) {
       const isDead = r.name !== this.o.node && this.membership.state(r.name) === 'dead';
       if (isDead && !this.dead.has(r.name)) {
         this.dead.add(r.name);
         changed = true;
-        this.o.log.warn({ node: r.name, heartbeatAgeMs: r.heartbeatAgeMs }, 'node declared dead');
+        const view = this.membership.snapshot().find((v) => v.node === r.name);
+        this.o.log.warn({ node: r.name, view }, 'node declared dead');
       } else if (!isDead) this.dead.delete(r.name);
     }
     if (changed) this.o.onDeath();
+  }
+
+  /**
+   * Whether this agent read the registry within two heartbeat periods. Heartbeat ages are read
+   * from the database; judging deaths from an old read (this agent's own calls slowed down by
+   * load) would take every node for dead.
+   */
+  private registryCurrent(): boolean {
+    return performance.now() - this.readAt < 2 * this.o.config.mesh.heartbeatIntervalMs;
+  }
+
+  /** Whether this agent has peers now, or had some before and lost them all. */
+  peersLost(): boolean {
+    const peers = this.mesh.stats().peers;
+    if (peers > 0) this.everConnected = true;
+
+    return this.everConnected && peers === 0;
   }
 
   /** ms since the send time of the last registry heartbeat that succeeded. */
@@ -226,6 +250,7 @@ export class ClusterView {
   async deadNodes(): Promise<string[]> {
     const since = this.dbSince;
     if (since === null || performance.now() - since < this.o.config.mesh.nodeDeadAfterMs) return [];
+    if (!this.registryCurrent()) return [];
 
     return this.records
       .filter((r) => r.name !== this.o.node && this.membership.state(r.name) === 'dead')

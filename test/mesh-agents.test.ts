@@ -31,10 +31,10 @@ describe('agents in a mesh', () => {
     count(`SELECT count(*) AS n FROM qa_exec_log a JOIN qa_exec_log b ON a.task_id = b.task_id AND a.ctid < b.ctid
       AND tstzrange(a.t_start, coalesce(a.t_end, 'infinity')) && tstzrange(b.t_start, coalesce(b.t_end, 'infinity'))`);
 
-  it('3 agents share the rows, a 4th joins mid-run, SIGTERM hands work back (S19), SIGKILL of the dispatcher fails over (S01)', async () => {
+  it('3 agents share 20,000 rows, a 4th joins mid-run, SIGTERM hands work back (S19), SIGKILL of the dispatcher fails over (S01)', async () => {
     const config = writeQaConfig('mesh1');
     await db.pool.query(
-      `INSERT INTO qa_task (id, payload) SELECT g, 'sleep:20' FROM generate_series(1, 1500) g`,
+      `INSERT INTO qa_task (id, payload) SELECT g, 'sleep:1' FROM generate_series(1, 20000) g`,
     );
     for (const n of ['a1', 'a2', 'a3'])
       agents.push(startAgentProc(config, n, db.url, ['--workers', '2']));

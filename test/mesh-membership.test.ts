@@ -86,11 +86,13 @@ describe('Membership', () => {
     assert.equal(m.state('n1'), 'dead', 'no registry row and gossip stale');
   });
 
-  it('a node known only from a fresh registry row is suspect', () => {
+  it('a node known only from the registry is suspect until its heartbeat is 3× too old', () => {
     const { m, advance } = setup();
     m.observeRegistry([row('n2', 500)]);
     assert.equal(m.state('n2'), 'suspect');
     advance(DEAD - 500);
+    assert.equal(m.state('n2'), 'suspect', 'never heard through gossip: not yet');
+    advance(2 * DEAD);
     assert.equal(m.state('n2'), 'dead');
     assert.deepEqual(m.nodes(), ['n2']);
   });

@@ -26,11 +26,16 @@ export async function benchLatency(
 ): Promise<{ samples: number; p50Ms: number; p99Ms: number }> {
   const dbh = await benchDatabase();
   const db = client(dbh.url);
-  process.env.DATABASE_URL = dbh.url;
   const agent = startAgent(CONFIG, 'l1', dbh.url, ['--workers', '2']);
   try {
     await resetBenchTables(db);
-    const config = await loadConfig(CONFIG);
+    // loadConfig reads DATABASE_URL; set it for this call only (later benchmarks start their own).
+    const saved = process.env.DATABASE_URL;
+    process.env.DATABASE_URL = dbh.url;
+    const config = await loadConfig(CONFIG).finally(() => {
+      if (saved === undefined) delete process.env.DATABASE_URL;
+      else process.env.DATABASE_URL = saved;
+    });
     await migrate(db, config.schema);
     await migrateJobTable(
       db,

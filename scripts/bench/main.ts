@@ -17,20 +17,26 @@ program
   .option('--json', 'one JSON object', false)
   .option('--mesh-agents <n>', 'agents for the mesh figure', (v) => Number(v), 30)
   .action(async (o: { json: boolean; meshAgents: number }) => {
-    const noop1 = await benchThroughput(1, 8, 100_000, 0);
-    const noop3 = await benchThroughput(3, 8, 100_000, 0);
-    const slow1 = await benchThroughput(1, 8, 10_000, 10);
-    const slow3 = await benchThroughput(3, 8, 10_000, 10);
-    const latency = await benchLatency(200, 50);
-    const failover = await benchFailover(20);
-    const dead = await benchDeadNode(5);
-    const mesh = await benchMesh(o.meshAgents);
+    const step = async <T>(name: string, run: () => Promise<T>): Promise<T> => {
+      const r = await run();
+      process.stderr.write(`bench: ${name}: ${JSON.stringify(r)}\n`);
+      return r;
+    };
+    const noop1 = await step('noop 1', () => benchThroughput(1, 8, 100_000, 0));
+    const noop3 = await step('noop 3', () => benchThroughput(3, 8, 100_000, 0));
+    const slow1 = await step('10ms 1', () => benchThroughput(1, 8, 10_000, 10));
+    const slow3 = await step('10ms 3', () => benchThroughput(3, 8, 10_000, 10));
+    const latency = await step('latency', () => benchLatency(200, 50));
+    const failover = await step('failover', () => benchFailover(20));
+    const dead = await step('deadnode', () => benchDeadNode(5));
+    const mesh = await step('mesh', () => benchMesh(o.meshAgents));
     report(
       'Pampa benchmarks',
       [
         ['no-op tasks/s, 1 agent × 8 workers, 100k rows', noop1.tasksPerSecond],
         ['  statements per task', noop1.statementsPerTask],
         ['no-op tasks/s, 3 agents × 8 workers, 100k rows', noop3.tasksPerSecond],
+        ['  tasks started twice (overload)', noop1.retried + noop3.retried],
         ['10 ms tasks/s, 1 agent × 8 workers, 10k rows', slow1.tasksPerSecond],
         ['10 ms tasks/s, 3 agents × 8 workers, 10k rows', slow3.tasksPerSecond],
         ['new row → start p50 / p99 (ms)', `${latency.p50Ms} / ${latency.p99Ms}`],
@@ -111,6 +117,7 @@ program
           ['elapsed (s)', r.seconds.toFixed(2)],
           ['tasks per second', r.tasksPerSecond],
           ['statements per task', r.statementsPerTask],
+          ['tasks started twice', r.retried],
         ],
         o.json,
         { bench: 'throughput', ...r },

@@ -18,6 +18,8 @@ export interface ThroughputResult {
   seconds: number;
   tasksPerSecond: number;
   statementsPerTask: number;
+  /** Tasks started more than once (a worker stopped, a node taken for dead under load). */
+  retried: number;
 }
 
 /**
@@ -86,9 +88,12 @@ export async function benchThroughput(
     const seconds = (performance.now() - t0) / 1000;
     const after = await commits(db);
     const bad = await db.query(
-      'SELECT count(*)::int AS n FROM bench_tasks WHERE noop_success IS NOT TRUE OR noop_tries <> 1',
+      'SELECT count(*)::int AS n FROM bench_tasks WHERE noop_success IS NOT TRUE',
     );
-    if (bad.rows[0].n !== 0) throw new Error(`${bad.rows[0].n} tasks did not succeed exactly once`);
+    if (bad.rows[0].n !== 0) throw new Error(`${bad.rows[0].n} tasks did not succeed`);
+    const retried = await db.query(
+      'SELECT count(*)::int AS n FROM bench_tasks WHERE noop_tries > 1',
+    );
 
     return {
       agents,
@@ -97,6 +102,7 @@ export async function benchThroughput(
       taskMs,
       seconds,
       tasksPerSecond: Math.round(tasks / seconds),
+      retried: retried.rows[0].n,
       statementsPerTask: Number(((after - before - 2) / tasks).toFixed(3)),
     };
   } finally {

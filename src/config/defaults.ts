@@ -34,7 +34,7 @@ export const Defaults = {
   /** Adverts older than this are ignored for dispatch (ms). */
   advertTtlMs: 5000,
   /** A node whose registry heartbeat is older than this (and gossip silent) is dead (ms). */
-  nodeDeadAfterMs: 3000,
+  nodeDeadAfterMs: 5000,
   /** Registry heartbeat period (ms). */
   heartbeatIntervalMs: 1000,
   /** Status port (TCP) and bind address. */

@@ -167,6 +167,14 @@ export class Membership {
     // Gossip silent or the connection gone, and the registry stale too: dead. A fresh registry
     // heartbeat keeps a node it cannot hear merely suspect (gossip loss alone proves nothing).
     else if (registryFresh) state = 'suspect';
+    // Never heard through gossip at all (this agent may still be joining the mesh): only a
+    // heartbeat three times past the limit proves such a node dead.
+    else if (
+      entry === undefined &&
+      heartbeatAgeMs !== null &&
+      heartbeatAgeMs < 3 * this.nodeDeadAfterMs
+    )
+      state = 'suspect';
     else state = 'dead';
 
     return {
