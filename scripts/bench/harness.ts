@@ -105,7 +105,11 @@ export function percentile(values: number[], p: number): number {
 }
 
 export function client(url: string): pg.Pool {
-  return new pg.Pool({ connectionString: url, max: 4 });
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  // An idle connection closed by the server (its shutdown at the end of a part) is no error.
+  pool.on('error', () => undefined);
+
+  return pool;
 }
 
 /** Prints a result table, or one JSON object with --json. */

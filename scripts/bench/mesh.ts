@@ -13,8 +13,8 @@ const CONFIG = fileURLToPath(new URL('./failover-config.js', import.meta.url));
 
 /**
  * Mesh formation for `n` agents on this machine: from spawning them all at once until every
- * agent's status shows n − 1 connected peers; then the time until all see one of them leave
- * (SIGTERM) as stopped; and an idle agent's resident memory (VmRSS of the agent process, its
+ * agent's status shows all n nodes alive (it hears each one's adverts through gossip); then
+ * the time until all others show it gone (SIGTERM); and an idle agent's resident memory (VmRSS of the agent process, its
  * worker process not included).
  */
 export async function benchMesh(
@@ -45,9 +45,16 @@ export async function benchMesh(
       const res = await fetch(`${url}/status`).catch(() => null);
       return res?.ok ? ((await res.json()) as { peers: number }).peers : -1;
     };
+    // Formed: every agent hears every other one through gossip (all nodes 'alive' in its view).
+    const alive = async (url: string) => {
+      const res = await fetch(`${url}/status`).catch(() => null);
+      if (!res?.ok) return 0;
+      const s = (await res.json()) as { nodes: { state: string }[] };
+      return s.nodes.filter((x) => x.state === 'alive').length;
+    };
     await waitFor(
-      'a full mesh',
-      async () => (await Promise.all(urls.map(peers))).every((p) => p >= n - 1),
+      'every agent to hear every other one',
+      async () => (await Promise.all(urls.map(alive))).every((k) => k >= n),
       300_000,
       250,
     );
@@ -56,11 +63,11 @@ export async function benchMesh(
     const leaving = agents.pop()!;
     const t1 = performance.now();
     await stopAgent(leaving, 'SIGTERM');
-    const alive = await Promise.all(urls.map(async (u) => ((await peers(u)) >= 0 ? u : null)));
-    const rest = alive.filter((u): u is string => u !== null);
+    const reachable = await Promise.all(urls.map(async (u) => ((await peers(u)) >= 0 ? u : null)));
+    const rest = reachable.filter((u): u is string => u !== null);
     await waitFor(
       'all to see the leave',
-      async () => (await Promise.all(rest.map(peers))).every((p) => p === n - 2),
+      async () => (await Promise.all(rest.map(alive))).every((k) => k === n - 1),
       120_000,
       100,
     );

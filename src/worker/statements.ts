@@ -149,11 +149,11 @@ export async function unstartTasks(
 export const MAX_ERROR_TEXT = 64 * 1024;
 
 /**
- * Error text as PostgreSQL can store it: NUL bytes removed, lone surrogates replaced, cut to
- * MAX_ERROR_TEXT characters.
+ * Error text as PostgreSQL can store it: each NUL byte written as the two characters `\0`,
+ * lone surrogates replaced, cut to MAX_ERROR_TEXT characters.
  */
 export function safeErrorText(text: string): string {
-  let s = text.replace(/\u0000/g, '\\0');
+  let s = text.split('\u0000').join('\\0');
   s = (s as string & { toWellFormed?: () => string }).toWellFormed?.() ?? s;
   if (s.length > MAX_ERROR_TEXT) {
     s = `${s.slice(0, MAX_ERROR_TEXT)}… [${s.length - MAX_ERROR_TEXT} more characters cut]`;
