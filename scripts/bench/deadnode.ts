@@ -1,5 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import {
+  waitNoRows,
   benchDatabase,
   client,
   percentile,
@@ -64,17 +65,7 @@ export async function benchDeadNode(
         20,
       );
       samples.push(restarted.getTime() - killedAt.getTime());
-      await waitFor(
-        'all rows closed',
-        async () => {
-          const r = await db.query(
-            'SELECT count(*)::int AS n FROM bench_tasks WHERE noop_ended_at IS NULL',
-          );
-          return r.rows[0].n === 0;
-        },
-        120_000,
-        100,
-      );
+      await waitNoRows(db, 'all rows closed', 'noop_ended_at IS NULL', 120_000, 100);
       const before = await db.query("SELECT agent_id FROM pampa.nodes WHERE name = 'x1'");
       agents.set('x1', startAgent(CONFIG, 'x1', dbh.url, ['--workers', '1'], env));
       await waitFor(

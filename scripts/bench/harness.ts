@@ -97,6 +97,25 @@ export async function waitFor<T>(
   }
 }
 
+/** Waits until no row of bench_tasks matches `where` (a fixed condition, no user input). */
+export async function waitNoRows(
+  db: pg.Pool,
+  what: string,
+  where: string,
+  timeoutMs: number,
+  everyMs: number,
+): Promise<void> {
+  await waitFor(
+    what,
+    async () => {
+      const r = await db.query(`SELECT count(*)::int AS n FROM bench_tasks WHERE ${where}`);
+      return r.rows[0].n === 0;
+    },
+    timeoutMs,
+    everyMs,
+  );
+}
+
 export function percentile(values: number[], p: number): number {
   const s = [...values].sort((a, b) => a - b);
   if (s.length === 0) return NaN;

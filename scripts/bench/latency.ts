@@ -4,6 +4,7 @@ import { migrateJobTable } from '../../src/db/user-table.js';
 import { loadConfig } from '../../src/config/load.js';
 import { rootLogger } from '../../src/log.js';
 import {
+  waitNoRows,
   benchDatabase,
   client,
   percentile,
@@ -59,17 +60,7 @@ export async function benchLatency(
       await db.query('INSERT INTO bench_tasks DEFAULT VALUES');
       await new Promise((r) => setTimeout(r, gapMs));
     }
-    await waitFor(
-      'every row started',
-      async () => {
-        const r = await db.query(
-          'SELECT count(*)::int AS n FROM bench_tasks WHERE noop_started_at IS NULL',
-        );
-        return r.rows[0].n === 0;
-      },
-      60_000,
-      50,
-    );
+    await waitNoRows(db, 'every row started', 'noop_started_at IS NULL', 60_000, 50);
     const r = await db.query<{ ms: number }>(
       'SELECT extract(epoch FROM noop_started_at - created_at)::float8 * 1000 AS ms FROM bench_tasks',
     );
