@@ -314,7 +314,7 @@ export class Agent {
     // While peers are connected, this node's gossip still reaches them and they hold it alive
     // (death needs gossip lost AND the registry stale): no one will relaunch its tasks. A node
     // that never had a peer is alone in its cluster, or still joining: nobody to run them twice.
-    if (this.fenced || this.draining || !this.view.peersLost()) return;
+    if (this.fenced || this.draining || !this.view.peersLost(mesh.peers)) return;
     this.fenced = true;
     this.log.warn(
       { sinceMs: Math.round(since), limitMs: limit },

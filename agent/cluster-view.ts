@@ -218,8 +218,7 @@ export class ClusterView {
   }
 
   /** Whether this agent has peers now, or had some before and lost them all. */
-  peersLost(): boolean {
-    const peers = this.mesh.stats().peers;
+  peersLost(peers: number): boolean {
     if (peers > 0) this.everConnected = true;
 
     return this.everConnected && peers === 0;

@@ -17,6 +17,7 @@ import {
   writeQaConfig,
   type AgentProc,
 } from './helpers/agents.js';
+import { CHROMIUM, CHROMIUM_ARGS, CHROMIUM_MISSING } from './helpers/chromium.js';
 
 /**
  * The status port of real agent processes (issue 5): two peers agree on the cluster, /metrics
@@ -26,19 +27,6 @@ import {
  */
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
-const CHROMIUM = process.env.PAMPA_CHROMIUM ?? '/usr/bin/chromium';
-const MISSING = `${CHROMIUM} is not installed (apt-get install -y --no-install-recommends chromium)`;
-/** The launch options of test/status-dashboard.test.ts. */
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const ROWS = 120;
 const CLUSTER = 'status-agents';
 
@@ -250,7 +238,7 @@ describe('the status port of real agents', () => {
       120_000,
     );
     if (existsSync(CHROMIUM))
-      browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+      browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
     process.stderr.write(`# status-agents: cluster up and rows done in ${Date.now() - t0} ms\n`);
   });
 
@@ -370,7 +358,7 @@ describe('the status port of real agents', () => {
   });
 
   it('the dashboard of a real agent shows every node and every job', async (t) => {
-    if (!browser) return t.skip(MISSING);
+    if (!browser) return t.skip(CHROMIUM_MISSING);
     const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
     const errors: string[] = [];
     page.on('pageerror', (err) => errors.push(err.message));

@@ -6,20 +6,7 @@ import { AgentMetrics } from '../src/status/metrics.js';
 import { StatusServer } from '../src/status/server.js';
 import type { ClusterStatus } from '../src/status/types.js';
 import { TOKEN, clusterStatus, silentLog } from './status-fixture.js';
-
-/** The browser CI installs; PAMPA_CHROMIUM points elsewhere on a developer machine. */
-const CHROMIUM = process.env.PAMPA_CHROMIUM ?? '/usr/bin/chromium';
-const MISSING = `${CHROMIUM} is not installed (apt-get install -y --no-install-recommends chromium)`;
-const ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
+import { CHROMIUM, CHROMIUM_ARGS, CHROMIUM_MISSING } from './helpers/chromium.js';
 
 let browser: Browser | undefined;
 let server: StatusServer;
@@ -39,7 +26,7 @@ before(async () => {
   });
   ({ url } = await server.start());
   if (existsSync(CHROMIUM))
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS });
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
 });
 
 after(async () => {
@@ -62,7 +49,7 @@ async function open(b: Browser): Promise<{ page: Page; errors: string[] }> {
 }
 
 test('the dashboard shows every node, worker and job of the status', async (t) => {
-  if (!browser) return t.skip(MISSING);
+  if (!browser) return t.skip(CHROMIUM_MISSING);
   current = () => clusterStatus();
   const { page, errors } = await open(browser);
   const status = clusterStatus();
@@ -103,7 +90,7 @@ test('the dashboard shows every node, worker and job of the status', async (t) =
 });
 
 test('the dashboard follows the status every second and shows text as text', async (t) => {
-  if (!browser) return t.skip(MISSING);
+  if (!browser) return t.skip(CHROMIUM_MISSING);
   current = () => clusterStatus();
   const { page, errors } = await open(browser);
   await page.waitForSelector('[data-job="resize"]');
@@ -138,7 +125,7 @@ test('the dashboard follows the status every second and shows text as text', asy
 });
 
 test('without the token the dashboard page is refused', async (t) => {
-  if (!browser) return t.skip(MISSING);
+  if (!browser) return t.skip(CHROMIUM_MISSING);
   const page = await browser.newPage();
   const res = await page.goto(`${url}/`);
   assert.equal(res?.status(), 401);

@@ -2,9 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import type { Logger } from 'pino';
-import { startLocalPostgres, type LocalPostgres } from '../../src/db/launcher.js';
+import { canConnect, startLocalPostgres, type LocalPostgres } from '../../src/db/launcher.js';
 
 /**
  * A local PostgreSQL that can be restarted on the same data dir and port: the launcher starts
@@ -117,19 +116,4 @@ export async function startRestartablePostgres(log: Logger): Promise<Restartable
       await local.stop();
     },
   };
-}
-
-async function canConnect(url: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-    await client.query('select 1');
-
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
 }

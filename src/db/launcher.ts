@@ -341,7 +341,8 @@ async function startServer(init: ServerInit): Promise<LocalPostgres> {
   return { url, port, dataDir, binDir, stop };
 }
 
-async function canConnect(url: string): Promise<boolean> {
+/** Whether a server answers `select 1` at `url` within a second. */
+export async function canConnect(url: string): Promise<boolean> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 1000 });
   client.on('error', () => undefined);
   try {
