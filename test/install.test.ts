@@ -368,6 +368,22 @@ describe('sudo (S22)', { skip }, () => {
     }
   });
 
+  test('a command whose output shows the prompt marker is not taken for a second prompt', async () => {
+    const s = await open(USERS.pw, { password: PASSWORD });
+    try {
+      const access = await detectSudo(s, PASSWORD);
+      const r = await runSudo(
+        s,
+        access,
+        PASSWORD,
+        "echo 'x [pampa-sudo-prompt] y'; sleep 0.3; exit 3",
+      );
+      assert.equal(r.code, 3, 'the command ran to its end, not aborted as a wrong password');
+    } finally {
+      s.close();
+    }
+  });
+
   test('a password sudo without a password fails at once with "sudo needs a password/tty"', async () => {
     const s = await open(USERS.pw, { password: PASSWORD });
     try {

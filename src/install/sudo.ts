@@ -108,6 +108,8 @@ export async function runSudo(
     pty: access.pty,
     timeoutMs,
     interact: (output, stdin) => {
+      // sudo waits right after its prompt; the marker elsewhere (in `ps` output, say) is no prompt.
+      if (!output.trimEnd().endsWith(PROMPT)) return;
       const prompts = output.split(PROMPT).length - 1;
       if (prompts > answered) {
         answered = prompts;
