@@ -16,9 +16,10 @@ export interface StartedTask {
 
 /**
  * Starts tasks reserved to `worker`: sets the start time and increments tries in one statement,
- * and returns the rows. Batched, still guarded row by row. The pick runs first, in a CTE, so
- * the update joins on the primary key (as `pk IN (subquery)` the planner re-scanned the
- * worker's reservations per row: 200 ms per 2,000-row batch instead of 30 ms).
+ * and returns the rows. Batched, still guarded row by row. The pick runs once, as an array
+ * (`= ANY(ARRAY(...))`, an init plan): as `pk IN (subquery)` or a join with a CTE the planner,
+ * misled by stale estimates of the just-reserved rows, compared every reserved row with every
+ * picked one (105 ms for 300 of 2,000 queued rows, against 3.5 ms as an array).
  */
 export async function startTasks(
   db: pg.Pool | pg.PoolClient,
@@ -32,11 +33,9 @@ export async function startTasks(
   const pick = `SELECT ${t.pk} AS pk FROM ${t.table} WHERE ${guard}
         ORDER BY ${col.reservedAt}, ${t.pk} LIMIT $2 FOR UPDATE SKIP LOCKED`;
   const res = await db.query({
-    text: `WITH picked AS (${pick})
-           UPDATE ${t.table} SET ${col.startedAt} = ${t.now.startedAt},
+    text: `UPDATE ${t.table} SET ${col.startedAt} = ${t.now.startedAt},
              ${col.tries} = COALESCE(${col.tries}, 0) + 1
-             FROM picked
-            WHERE ${t.table}.${t.pk} = picked.pk AND ${col.reservedBy} = $1
+            WHERE ${t.table}.${t.pk} = ANY(ARRAY(${pick})) AND ${col.reservedBy} = $1
               AND ${col.startedAt} IS NULL AND ${col.endedAt} IS NULL
            RETURNING ${t.table}.*, ${t.table}.${t.pk}::text AS "__pampa_pk",
              ${t.table}.${col.tries} AS "__pampa_attempt"`,
