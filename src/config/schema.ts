@@ -26,15 +26,16 @@ const positiveInt = z.number().int().positive();
 
 /**
  * Names of the seven reservation columns of a job's table. Defaults derive from the job name
- * (`<job>_reserved_by`, …). `success` and `error` may be null: the job then does not keep them.
+ * (`<job>_reserved_by`, …). `startedAt`, `endedAt`, `success` and `error` may be null: the job
+ * then does not keep them (db/task-state.ts says which column carries the state instead).
  */
 export const ColumnsSchema = z
   .object({
     reservedBy: identifier.optional(),
     reservedAt: identifier.optional(),
     tries: identifier.optional(),
-    startedAt: identifier.optional(),
-    endedAt: identifier.optional(),
+    startedAt: identifier.nullable().optional(),
+    endedAt: identifier.nullable().optional(),
     success: identifier.nullable().optional(),
     error: identifier.nullable().optional(),
   })
@@ -159,6 +160,28 @@ export const JobSchema = z
         path: ['cron'],
         message: 'give recurEverySeconds or cron, not both',
       });
+    }
+    if (j.columns.endedAt === null) {
+      // Without an end time the success column is what marks a task closed.
+      if (j.columns.success === null) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['columns', 'success'],
+          message:
+            'a job without an endedAt column needs its success column: a task is closed when ' +
+            'success is set (name a column, or leave the default)',
+        });
+      }
+      for (const key of ['recurEverySeconds', 'cron'] as const) {
+        if (j[key] === undefined) continue;
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message:
+            'a recurrent job needs an endedAt column (a closed row is due again after its end ' +
+            'time), but columns.endedAt is null',
+        });
+      }
     }
   });
 
@@ -335,13 +358,13 @@ export type NodeConfig = z.output<typeof NodeSchema>;
 export type ClusterConfig = z.output<typeof ClusterSchema>;
 export type StandaloneConfig = z.output<typeof StandaloneSchema>;
 
-/** The seven reservation column names of a job, defaults filled in. */
+/** The seven reservation column names of a job, defaults filled in; null: not kept. */
 export interface ReservationColumns {
   reservedBy: string;
   reservedAt: string;
   tries: string;
-  startedAt: string;
-  endedAt: string;
+  startedAt: string | null;
+  endedAt: string | null;
   success: string | null;
   error: string | null;
 }
@@ -354,8 +377,8 @@ export function reservationColumns(job: JobConfig): ReservationColumns {
     reservedBy: c.reservedBy ?? `${p}_reserved_by`,
     reservedAt: c.reservedAt ?? `${p}_reserved_at`,
     tries: c.tries ?? `${p}_tries`,
-    startedAt: c.startedAt ?? `${p}_started_at`,
-    endedAt: c.endedAt ?? `${p}_ended_at`,
+    startedAt: c.startedAt === null ? null : (c.startedAt ?? `${p}_started_at`),
+    endedAt: c.endedAt === null ? null : (c.endedAt ?? `${p}_ended_at`),
     success: c.success === null ? null : (c.success ?? `${p}_success`),
     error: c.error === null ? null : (c.error ?? `${p}_error`),
   };

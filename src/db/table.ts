@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { reservationColumns, type JobConfig, type ReservationColumns } from '../config/schema.js';
 import { quoteIdent, quoteTable } from './quote.js';
+import { taskState, type QuotedColumns, type TaskState } from './task-state.js';
 
 /** Raised when a job's table or columns do not match the configuration. */
 export class TableError extends Error {
@@ -11,6 +12,12 @@ export interface ColumnInfo {
   name: string;
   /** format_type(), e.g. `bigint`, `timestamp without time zone`. */
   type: string;
+}
+
+/** A time column, quoted, with the expression that gives "now" in its type. */
+export interface TimeColumn {
+  col: string;
+  now: string;
 }
 
 /**
@@ -29,18 +36,21 @@ export interface JobTable {
   pkType: string;
   /** Unquoted reservation column names. */
   names: ReservationColumns;
-  /** Quoted reservation column names (success/error null when the job keeps none). */
-  col: {
-    reservedBy: string;
-    reservedAt: string;
-    tries: string;
-    startedAt: string;
-    endedAt: string;
-    success: string | null;
-    error: string | null;
-  };
-  /** "now" expressions matching the type of reservedAt, startedAt, endedAt. */
-  now: { reservedAt: string; startedAt: string; endedAt: string };
+  /** Quoted reservation column names (null for a column the job does not keep). */
+  col: QuotedColumns;
+  /** "now" expressions matching the type of reservedAt, startedAt, endedAt (null: not kept). */
+  now: { reservedAt: string; startedAt: string | null; endedAt: string | null };
+  /** The states of a task as SQL conditions (task-state.ts). */
+  state: TaskState;
+  /** The current attempt's start: startedAt, or reservedAt for a job without startedAt. */
+  startTime: TimeColumn;
+  /**
+   * A queued task's reservation time: reservedAt; null for a job without startedAt, whose
+   * queued tasks have reservedAt NULL.
+   */
+  reservedTime: TimeColumn | null;
+  /** A closed task's end: endedAt; null for a job without endedAt (success marks closure). */
+  endTime: TimeColumn | null;
   /** The job's notBeforeColumn, quoted, with "now" in its type; null without one. */
   notBefore: { col: string; now: string } | null;
 }
@@ -91,9 +101,9 @@ export async function inspectJobTable(pool: pg.Pool, job: JobConfig): Promise<Jo
     ['columns.reservedBy', names.reservedBy],
     ['columns.reservedAt', names.reservedAt],
     ['columns.tries', names.tries],
-    ['columns.startedAt', names.startedAt],
-    ['columns.endedAt', names.endedAt],
   ];
+  if (names.startedAt) need.push(['columns.startedAt', names.startedAt]);
+  if (names.endedAt) need.push(['columns.endedAt', names.endedAt]);
   if (job.notBeforeColumn) need.push(['notBeforeColumn', job.notBeforeColumn]);
   if (names.success) need.push(['columns.success', names.success]);
   if (names.error) need.push(['columns.error', names.error]);
@@ -108,6 +118,13 @@ export async function inspectJobTable(pool: pg.Pool, job: JobConfig): Promise<Jo
   }
 
   const pkType = columns.find((c) => c.name === job.primaryKey)!.type;
+  const col = quoteColumns(names);
+  const now = {
+    reservedAt: timeNow(job.table, columns, names.reservedAt),
+    startedAt: names.startedAt ? timeNow(job.table, columns, names.startedAt) : null,
+    endedAt: names.endedAt ? timeNow(job.table, columns, names.endedAt) : null,
+  };
+  const reservedAt = { col: col.reservedAt, now: now.reservedAt };
 
   return {
     job,
@@ -115,25 +132,33 @@ export async function inspectJobTable(pool: pg.Pool, job: JobConfig): Promise<Jo
     pk: quoteIdent(job.primaryKey),
     pkType,
     names,
-    col: {
-      reservedBy: quoteIdent(names.reservedBy),
-      reservedAt: quoteIdent(names.reservedAt),
-      tries: quoteIdent(names.tries),
-      startedAt: quoteIdent(names.startedAt),
-      endedAt: quoteIdent(names.endedAt),
-      success: names.success ? quoteIdent(names.success) : null,
-      error: names.error ? quoteIdent(names.error) : null,
-    },
-    now: {
-      reservedAt: timeNow(job.table, columns, names.reservedAt),
-      startedAt: timeNow(job.table, columns, names.startedAt),
-      endedAt: timeNow(job.table, columns, names.endedAt),
-    },
+    col,
+    now,
+    state: taskState(col),
+    startTime:
+      col.startedAt && now.startedAt ? { col: col.startedAt, now: now.startedAt } : reservedAt,
+    reservedTime: col.startedAt ? reservedAt : null,
+    endTime: col.endedAt && now.endedAt ? { col: col.endedAt, now: now.endedAt } : null,
     notBefore: job.notBeforeColumn
       ? {
           col: quoteIdent(job.notBeforeColumn),
           now: timeNow(job.table, columns, job.notBeforeColumn),
         }
       : null,
+  };
+}
+
+/** The reservation column names quoted for SQL; a column the job does not keep stays null. */
+export function quoteColumns(names: ReservationColumns): QuotedColumns {
+  const q = (name: string | null) => (name === null ? null : quoteIdent(name));
+
+  return {
+    reservedBy: quoteIdent(names.reservedBy),
+    reservedAt: quoteIdent(names.reservedAt),
+    tries: quoteIdent(names.tries),
+    startedAt: q(names.startedAt),
+    endedAt: q(names.endedAt),
+    success: q(names.success),
+    error: q(names.error),
   };
 }

@@ -3,16 +3,22 @@ import { reservationColumns, type JobConfig } from '../config/schema.js';
 import type { Logger } from '../log.js';
 import { withTransaction } from './pool.js';
 import { derivedName, quoteIdent, quoteTable, splitTable } from './quote.js';
-import { describeColumns, TableError } from './table.js';
+import { describeColumns, quoteColumns, TableError } from './table.js';
+import { taskState } from './task-state.js';
 
 /** Channel of the insert trigger's NOTIFY; the payload is the job name. */
 export const NEW_TASKS_CHANNEL = 'pampa_new_tasks';
 
 /**
- * `pampa migrate` for one job: adds the reservation columns the table lacks, the indexes the
- * dispatcher's queries use, and an insert trigger that NOTIFYs the dispatcher. Touches nothing
- * else, runs in one transaction, and is idempotent. A missing table or primary key fails before
- * anything is written.
+ * `pampa migrate` for one job: adds the reservation columns the table lacks (only those the job
+ * keeps), the indexes the dispatcher's queries use, and an insert trigger that NOTIFYs the
+ * dispatcher. Touches nothing else, runs in one transaction, and is idempotent. A missing table
+ * or primary key fails before anything is written.
+ *
+ * The two partial indexes hold the open rows, free and held; "open" is the job's own condition
+ * (task-state.ts: endedAt NULL, or success NULL for a job without endedAt). The indexes of a job
+ * without endedAt have names of their own, so that switching a job to it creates them instead of
+ * keeping same-named indexes whose condition its queries no longer match.
  */
 export async function migrateJobTable(
   pool: pg.Pool,
@@ -46,8 +52,9 @@ export async function migrateJobTable(
   const bare = splitTable(job.table).pop()!;
   const tableSchema =
     splitTable(job.table).length === 2 ? quoteIdent(splitTable(job.table)[0]) : null;
-  const rb = quoteIdent(names.reservedBy);
-  const ea = quoteIdent(names.endedAt);
+  const col = quoteColumns(names);
+  const { open } = taskState(col);
+  const rb = col.reservedBy;
   const pk = quoteIdent(job.primaryKey);
   const fn = `${quoteIdent(schema)}.${quoteIdent(derivedName('notify', job.name))}`;
   const statements: string[] = [];
@@ -57,9 +64,10 @@ export async function migrateJobTable(
     }
   }
   const idx = (suffix: string) => quoteIdent(derivedName(bare, job.name, suffix));
+  const openBy = names.endedAt ? '' : '_by_success';
   statements.push(
-    `CREATE INDEX IF NOT EXISTS ${idx('free')} ON ${table} (${pk}) WHERE ${rb} IS NULL AND ${ea} IS NULL`,
-    `CREATE INDEX IF NOT EXISTS ${idx('held')} ON ${table} (${rb}) WHERE ${rb} IS NOT NULL AND ${ea} IS NULL`,
+    `CREATE INDEX IF NOT EXISTS ${idx(`free${openBy}`)} ON ${table} (${pk}) WHERE ${rb} IS NULL AND ${open}`,
+    `CREATE INDEX IF NOT EXISTS ${idx(`held${openBy}`)} ON ${table} (${rb}) WHERE ${rb} IS NOT NULL AND ${open}`,
     `CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`,
     `CREATE OR REPLACE FUNCTION ${fn}() RETURNS trigger LANGUAGE plpgsql AS $f$
        BEGIN PERFORM pg_notify('${NEW_TASKS_CHANNEL}', ${literal(job.name)}); RETURN NULL; END $f$`,

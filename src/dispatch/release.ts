@@ -16,7 +16,8 @@ export interface ReleaseOptions {
   /** Only the tasks of these nodes' workers. */
   nodes?: string[];
   /** Only started tasks whose start is older than this (seconds), and unstarted ones whose
-   *  reservation is older than `reservedOlderThanSeconds`. */
+   *  reservation is older than `reservedOlderThanSeconds` (none for a job without startedAt:
+   *  its queued tasks keep no reservation time). */
   startedOlderThanSeconds?: number;
   reservedOlderThanSeconds?: number;
   /** Leave started tasks alone (shutdown releases queued tasks first). */
@@ -39,11 +40,11 @@ export async function releaseTasks(
   t: JobTable,
   o: ReleaseOptions,
 ): Promise<Released> {
-  const { col } = t;
+  const { col, state } = t;
   const values: unknown[] = [safeErrorText(o.reason), t.job.maxTryTimes];
   const where = [
     `${col.reservedBy} IS NOT NULL`,
-    `${col.endedAt} IS NULL`,
+    state.open,
     '$1::text IS NOT NULL' /* types $1 for jobs without an error column */,
   ];
   if (o.workers) {
@@ -55,36 +56,43 @@ export async function releaseTasks(
     values.push(o.nodes);
     where.push(`split_part(${col.reservedBy}, '.', 1) = ANY($${values.length}::text[])`);
   }
-  if (o.onlyUnstarted) where.push(`${col.startedAt} IS NULL`);
+  if (o.onlyUnstarted) where.push(state.unstarted);
   if (o.startedOlderThanSeconds !== undefined || o.reservedOlderThanSeconds !== undefined) {
     const parts: string[] = [];
     if (o.startedOlderThanSeconds !== undefined) {
       values.push(o.startedOlderThanSeconds);
+      const { col: at, now } = t.startTime;
       parts.push(
-        `(${col.startedAt} IS NOT NULL AND ${col.startedAt} < ${t.now.startedAt} - make_interval(secs => $${values.length}))`,
+        `(${state.started} AND ${at} < ${now} - make_interval(secs => $${values.length}))`,
       );
     }
-    if (o.reservedOlderThanSeconds !== undefined) {
+    // Without startedAt a queued task keeps no reservation time, so none is too old.
+    const reserved = t.reservedTime;
+    if (o.reservedOlderThanSeconds !== undefined && reserved) {
       values.push(o.reservedOlderThanSeconds);
       parts.push(
-        `(${col.startedAt} IS NULL AND ${col.reservedAt} < ${t.now.reservedAt} - make_interval(secs => $${values.length}))`,
+        `(${state.unstarted} AND ${reserved.col} < ${reserved.now} - make_interval(secs => $${values.length}))`,
       );
     }
-    where.push(`(${parts.join(' OR ')})`);
+    where.push(parts.length > 0 ? `(${parts.join(' OR ')})` : 'false');
   }
   if (o.fence) {
     where.push(`EXISTS (${o.fence.sql(values.length + 1)})`);
     values.push(...o.fence.params);
   }
 
-  const started = `${col.startedAt} IS NOT NULL`;
+  const started = state.started;
   const closing = `(${started} AND COALESCE(${col.tries}, 0) >= $2::int)`;
   const sets = [
-    `${col.endedAt} = CASE WHEN ${closing} THEN ${t.now.endedAt} END`,
     `${col.reservedBy} = CASE WHEN ${closing} THEN ${col.reservedBy} END`,
     `${col.reservedAt} = CASE WHEN ${closing} THEN ${col.reservedAt} END`,
-    `${col.startedAt} = CASE WHEN ${closing} THEN ${col.startedAt} END`,
   ];
+  if (t.endTime) {
+    sets.push(`${t.endTime.col} = CASE WHEN ${closing} THEN ${t.endTime.now} END`);
+  }
+  if (col.startedAt) {
+    sets.push(`${col.startedAt} = CASE WHEN ${closing} THEN ${col.startedAt} END`);
+  }
   if (col.success) {
     sets.push(
       `${col.success} = CASE WHEN ${closing} THEN false WHEN ${started} THEN NULL ELSE ${col.success} END`,
@@ -99,7 +107,7 @@ export async function releaseTasks(
   const rows = o.returnRows ? `${t.table}.*, ` : '';
   const res = await db.query<{ __pampa_closed: boolean }>({
     text: `UPDATE ${t.table} SET ${sets.join(', ')} WHERE ${where.join(' AND ')}
-           RETURNING ${rows}${col.endedAt} IS NOT NULL AS "__pampa_closed"`,
+           RETURNING ${rows}${state.closed} AS "__pampa_closed"`,
     values,
   });
   const closed = res.rows.filter((r) => r.__pampa_closed).length;

@@ -22,6 +22,10 @@ export async function reserveTasks(
   if (slots.length === 0) return given;
   const { col } = t;
   const sel = selectionSql(selection, 6);
+  // The reservation time goes in reservedAt; without startedAt, reservedAt stays NULL until the
+  // start (it carries the start time then).
+  const sets = [`${col.reservedAt} = ${t.reservedTime ? t.reservedTime.now : 'NULL'}`];
+  if (col.startedAt) sets.push(`${col.startedAt} = NULL`);
   const res = await db.query<{ worker: string; n: string }>({
     text: `WITH lease AS (${fence.sql(4)}),
            free AS (
@@ -32,8 +36,7 @@ export async function reserveTasks(
            numbered AS (SELECT pk, row_number() OVER () AS n FROM free),
            slot AS (SELECT w, n FROM unnest($1::text[]) WITH ORDINALITY AS s(w, n)),
            done AS (
-             UPDATE ${t.table} SET ${col.reservedBy} = slot.w, ${col.reservedAt} = ${t.now.reservedAt},
-                    ${col.startedAt} = NULL
+             UPDATE ${t.table} SET ${col.reservedBy} = slot.w, ${sets.join(', ')}
                FROM numbered JOIN slot ON slot.n = numbered.n
               WHERE ${t.table}.${t.pk} = numbered.pk
              RETURNING slot.w)
@@ -73,7 +76,7 @@ function freeRowCondition(t: JobTable): string {
     ? `\n                AND (${t.notBefore.col} IS NULL OR ${t.notBefore.col} <= ${t.notBefore.now})`
     : '';
 
-  return `${col.reservedBy} IS NULL AND ${col.endedAt} IS NULL
+  return `${col.reservedBy} IS NULL AND ${t.state.open}
                 AND COALESCE(${col.tries}, 0) < $2
                 AND (${col.reservedAt} IS NULL OR ${col.reservedAt} <= ${t.now.reservedAt})${due}`;
 }
@@ -89,15 +92,12 @@ export async function countBacklog(
   cap: number,
   selection: FreeRowSelection = NO_SELECTION,
 ): Promise<number> {
-  const { col } = t;
   const sel = selectionSql(selection, 3);
   const res = await db.query<{ n: number }>({
     text: `SELECT count(*)::int AS n FROM (
              (SELECT 1 FROM ${t.table} WHERE ${freeRowCondition(t)}${sel.where} LIMIT $1)
              UNION ALL
-             (SELECT 1 FROM ${t.table}
-               WHERE ${col.reservedBy} IS NOT NULL AND ${col.startedAt} IS NULL
-                 AND ${col.endedAt} IS NULL LIMIT $1)
+             (SELECT 1 FROM ${t.table} WHERE ${t.state.queued} LIMIT $1)
              LIMIT $3) AS backlog`,
     values: [cap, t.job.maxTryTimes, cap, ...selection.params],
   });
@@ -108,8 +108,9 @@ export async function countBacklog(
 /**
  * Reopens closed rows so they run again, with tries reset and success cleared (the error text
  * stays until the next finish): rows the relaunching hook names, or rows of a recurrent job
- * whose period has come round. Only closed rows are touched, never one in flight; fenced;
- * locked rows are skipped; at most `limit` per call. Returns the reopened rows.
+ * whose period has come round (a recurrent job keeps endedAt: the config requires it). Only
+ * closed rows are touched, never one in flight; fenced; locked rows are skipped; at most `limit`
+ * per call, those that ended first (by key without endedAt). Returns the reopened rows.
  */
 export async function reopenTasks(
   db: pg.Pool | pg.PoolClient,
@@ -125,22 +126,25 @@ export async function reopenTasks(
     fence: { sql: (first: number) => string; params: unknown[] };
   },
 ): Promise<Record<string, unknown>[]> {
-  const { col } = t;
+  const { col, endTime } = t;
   const values: unknown[] = [o.limit];
-  const where = [`${col.endedAt} IS NOT NULL`];
-  if (o.endedMoreThanSecondsAgo !== undefined) {
+  const where = [t.state.closed];
+  if ((o.endedMoreThanSecondsAgo !== undefined || o.endedBefore !== undefined) && !endTime) {
+    throw new Error(`job "${t.job.name}" keeps no endedAt column: its rows cannot recur`);
+  }
+  if (o.endedMoreThanSecondsAgo !== undefined && endTime) {
     values.push(o.endedMoreThanSecondsAgo);
     where.push(
-      `${col.endedAt} <= ${t.now.endedAt} - make_interval(secs => $${values.length}::float8)`,
+      `${endTime.col} <= ${endTime.now} - make_interval(secs => $${values.length}::float8)`,
     );
   }
-  if (o.endedBefore !== undefined) {
+  if (o.endedBefore !== undefined && endTime) {
     values.push(o.endedBefore.toISOString());
     const before =
-      t.now.endedAt === 'now()'
+      endTime.now === 'now()'
         ? `$${values.length}::timestamptz`
         : `($${values.length}::timestamptz AT TIME ZONE 'UTC')`;
-    where.push(`${col.endedAt} < ${before}`);
+    where.push(`${endTime.col} < ${before}`);
   }
   where.push(`EXISTS (${o.fence.sql(values.length + 1)})`);
   values.push(...o.fence.params);
@@ -148,18 +152,12 @@ export async function reopenTasks(
     where.push(`(${shiftPlaceholders(o.where.sql, values.length, o.where.params.length)})`);
     values.push(...o.where.params);
   }
-  const sets = [
-    `${col.reservedBy} = NULL`,
-    `${col.reservedAt} = NULL`,
-    `${col.startedAt} = NULL`,
-    `${col.endedAt} = NULL`,
-    `${col.tries} = 0`,
-  ];
-  if (col.success) sets.push(`${col.success} = NULL`);
+  const sets = [`${col.reservedBy} = NULL`, `${col.reservedAt} = NULL`, `${col.tries} = 0`];
+  for (const c of [col.startedAt, col.endedAt, col.success]) if (c) sets.push(`${c} = NULL`);
   const res = await db.query<Record<string, unknown>>({
     text: `WITH due AS (
              SELECT ${t.pk} AS pk FROM ${t.table} WHERE ${where.join(' AND ')}
-              ORDER BY ${col.endedAt} LIMIT $1 FOR UPDATE SKIP LOCKED)
+              ORDER BY ${endTime?.col ?? t.pk} LIMIT $1 FOR UPDATE SKIP LOCKED)
            UPDATE ${t.table} SET ${sets.join(', ')} FROM due
             WHERE ${t.table}.${t.pk} = due.pk
            RETURNING ${t.table}.*`,
@@ -175,11 +173,10 @@ export async function queuedPerWorker(
   t: JobTable,
   workers: string[],
 ): Promise<Map<string, number>> {
-  const { col } = t;
+  const { col, state } = t;
   const res = await db.query<{ worker: string; n: string }>({
     text: `SELECT ${col.reservedBy} AS worker, count(*)::text AS n FROM ${t.table}
-            WHERE ${col.reservedBy} = ANY($1::text[]) AND ${col.startedAt} IS NULL
-              AND ${col.endedAt} IS NULL
+            WHERE ${col.reservedBy} = ANY($1::text[]) AND ${state.unstarted} AND ${state.open}
             GROUP BY 1`,
     values: [workers],
   });
@@ -201,16 +198,14 @@ export interface JobCounters {
  * column, every closed task counts as completed.
  */
 export async function countTasks(db: pg.Pool | pg.PoolClient, t: JobTable): Promise<JobCounters> {
-  const { col } = t;
+  const { col, state } = t;
   const ok = col.success ? `${col.success} IS TRUE` : 'true';
   const res = await db.query<Record<keyof JobCounters, string>>(
     `SELECT count(*)::text AS total,
-            count(*) FILTER (WHERE ${col.endedAt} IS NOT NULL AND ${ok})::text AS completed,
-            count(*) FILTER (WHERE ${col.endedAt} IS NOT NULL AND NOT (${ok}))::text AS failed,
-            count(*) FILTER (WHERE ${col.endedAt} IS NULL AND ${col.startedAt} IS NOT NULL)::text
-              AS running,
-            count(*) FILTER (WHERE ${col.endedAt} IS NULL AND ${col.startedAt} IS NULL)::text
-              AS pending
+            count(*) FILTER (WHERE ${state.closed} AND ${ok})::text AS completed,
+            count(*) FILTER (WHERE ${state.closed} AND NOT (${ok}))::text AS failed,
+            count(*) FILTER (WHERE ${state.running})::text AS running,
+            count(*) FILTER (WHERE ${state.open} AND NOT (${state.started}))::text AS pending
        FROM ${t.table}`,
   );
   const r = res.rows[0];

@@ -129,7 +129,16 @@ export class HookRunner {
 
 /** The context a hook receives for a job. */
 export function hookContext(t: JobTable, db: pg.Pool | pg.PoolClient, log: Logger): HookContext {
-  return { job: t.job.name, table: t.table, columns: { ...t.col }, db, log };
+  const { queued, running, closed } = t.state;
+
+  return {
+    job: t.job.name,
+    table: t.table,
+    columns: { ...t.col },
+    state: { queued, running, closed },
+    db,
+    log,
+  };
 }
 
 /**

@@ -12,16 +12,25 @@ export interface HookContext {
   job: string;
   /** The job's table, quoted for SQL: `"schema"."table"`. */
   table: string;
-  /** The job's reservation columns, quoted for SQL (success/error null when not kept). */
+  /**
+   * The job's reservation columns, quoted for SQL; startedAt, endedAt, success and error are null
+   * when the job does not keep them.
+   */
   columns: {
     reservedBy: string;
     reservedAt: string;
     tries: string;
-    startedAt: string;
-    endedAt: string;
+    startedAt: string | null;
+    endedAt: string | null;
     success: string | null;
     error: string | null;
   };
+  /**
+   * SQL conditions on a row of the job's table, right whichever columns the job keeps:
+   * `queued` (reserved to a worker, not started), `running` (started, not closed) and `closed`
+   * (succeeded, or failed for good).
+   */
+  state: { queued: string; running: string; closed: string };
   /**
    * Where to run the hook's own queries. For starter and finisher it is the transaction of the
    * start or finish statement, so the hook's update commits or rolls back with it.

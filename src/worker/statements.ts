@@ -15,11 +15,12 @@ export interface StartedTask {
 }
 
 /**
- * Starts tasks reserved to `worker`: sets the start time and increments tries in one statement,
- * and returns the rows. Batched, still guarded row by row. The pick runs once, as an array
- * (`= ANY(ARRAY(...))`, an init plan): as `pk IN (subquery)` or a join with a CTE the planner,
- * misled by stale estimates of the just-reserved rows, compared every reserved row with every
- * picked one (105 ms for 300 of 2,000 queued rows, against 3.5 ms as an array).
+ * Starts tasks reserved to `worker`: sets the start time (startedAt, or reservedAt for a job
+ * without startedAt) and increments tries in one statement, and returns the rows. Batched, still
+ * guarded row by row. The pick runs once, as an array (`= ANY(ARRAY(...))`, an init plan): as
+ * `pk IN (subquery)` or a join with a CTE the planner, misled by stale estimates of the
+ * just-reserved rows, compared every reserved row with every picked one (105 ms for 300 of 2,000
+ * queued rows, against 3.5 ms as an array).
  */
 export async function startTasks(
   db: pg.Pool | pg.PoolClient,
@@ -27,16 +28,17 @@ export async function startTasks(
   worker: string,
   limit: number,
 ): Promise<StartedTask[]> {
-  const { col } = t;
-  const guard = `${col.reservedBy} = $1 AND ${col.startedAt} IS NULL AND ${col.endedAt} IS NULL
-                AND COALESCE(${col.tries}, 0) < $3`;
-  const pick = `SELECT ${t.pk} AS pk FROM ${t.table} WHERE ${guard}
-        ORDER BY ${col.reservedAt}, ${t.pk} LIMIT $2 FOR UPDATE SKIP LOCKED`;
+  const { col, state, startTime } = t;
+  const mine = `${col.reservedBy} = $1 AND ${state.unstarted} AND ${state.open}`;
+  // Oldest reservation first; without startedAt queued tasks keep no reservation time.
+  const order = t.reservedTime ? `${t.reservedTime.col}, ${t.pk}` : t.pk;
+  const pick = `SELECT ${t.pk} AS pk FROM ${t.table}
+        WHERE ${mine} AND COALESCE(${col.tries}, 0) < $3
+        ORDER BY ${order} LIMIT $2 FOR UPDATE SKIP LOCKED`;
   const res = await db.query({
-    text: `UPDATE ${t.table} SET ${col.startedAt} = ${t.now.startedAt},
+    text: `UPDATE ${t.table} SET ${startTime.col} = ${startTime.now},
              ${col.tries} = COALESCE(${col.tries}, 0) + 1
-            WHERE ${t.table}.${t.pk} = ANY(ARRAY(${pick})) AND ${col.reservedBy} = $1
-              AND ${col.startedAt} IS NULL AND ${col.endedAt} IS NULL
+            WHERE ${t.table}.${t.pk} = ANY(ARRAY(${pick})) AND ${mine}
            RETURNING ${t.table}.*, ${t.table}.${t.pk}::text AS "__pampa_pk",
              ${t.table}.${col.tries} AS "__pampa_attempt"`,
     values: [worker, limit, t.job.maxTryTimes],
@@ -81,23 +83,26 @@ export async function finishTasks(
   rows?: Map<string, TaskRow>,
 ): Promise<Set<string>> {
   if (results.length === 0) return new Set();
-  const { col, job } = t;
-  const closing = `(u.ok OR ${col.tries} >= $6::int)`;
+  const { col, job, state } = t;
+  const closing = `(u.__ok OR ${col.tries} >= $6::int)`;
   const sets = [
-    `${col.endedAt} = CASE WHEN ${closing} THEN ${t.now.endedAt} END`,
     `${col.reservedBy} = CASE WHEN ${closing} THEN ${col.reservedBy} END`,
     `${col.reservedAt} = CASE WHEN ${closing} THEN ${col.reservedAt} ELSE ${t.now.reservedAt}
        + make_interval(secs => least(300, $7::float8 * power(2, greatest(${col.tries} - 1, 0)))) END`,
-    `${col.startedAt} = CASE WHEN ${closing} THEN ${col.startedAt} END`,
   ];
-  if (col.success) sets.push(`${col.success} = u.ok`);
-  if (col.error) sets.push(`${col.error} = CASE WHEN u.ok THEN NULL ELSE u.err END`);
+  if (t.endTime) sets.push(`${t.endTime.col} = CASE WHEN ${closing} THEN ${t.endTime.now} END`);
+  if (col.startedAt) sets.push(`${col.startedAt} = CASE WHEN ${closing} THEN ${col.startedAt} END`);
+  // Success is written only when the task closes (without endedAt it is the closed marker).
+  if (col.success) sets.push(`${col.success} = CASE WHEN ${closing} THEN u.__ok END`);
+  if (col.error) sets.push(`${col.error} = CASE WHEN u.__ok THEN NULL ELSE u.__err END`);
+  // u's columns have names no user column is likely to have: the job's columns are referred
+  // to unqualified (a success column named `ok` would otherwise be ambiguous).
   const res = await db.query({
     text: `UPDATE ${t.table} SET ${sets.join(', ')}
-             FROM unnest($1::text[], $2::int[], $3::bool[], $4::text[]) AS u(pk, attempt, ok, err)
-            WHERE ${t.table}.${t.pk} = u.pk::${t.pkType} AND ${col.reservedBy} = $5
-              AND ${col.tries} = u.attempt AND ${col.startedAt} IS NOT NULL
-              AND ${col.endedAt} IS NULL
+             FROM unnest($1::text[], $2::int[], $3::bool[], $4::text[])
+                  AS u(__pk, __attempt, __ok, __err)
+            WHERE ${t.table}.${t.pk} = u.__pk::${t.pkType} AND ${col.reservedBy} = $5
+              AND ${col.tries} = u.__attempt AND ${state.started} AND ${state.open}
            RETURNING ${rows ? `${t.table}.*, ` : ''}${t.table}.${t.pk}::text AS "__pampa_pk"`,
     values: [
       results.map((r) => r.pk),
@@ -130,14 +135,14 @@ export async function unstartTasks(
   tasks: { pk: string; attempt: number }[],
 ): Promise<number> {
   if (tasks.length === 0) return 0;
-  const { col } = t;
+  const { col, state } = t;
+  const sets = [`${col.reservedBy} = NULL`, `${col.reservedAt} = NULL`];
+  if (col.startedAt) sets.push(`${col.startedAt} = NULL`);
   const res = await db.query({
-    text: `UPDATE ${t.table} SET ${col.reservedBy} = NULL, ${col.reservedAt} = NULL,
-             ${col.startedAt} = NULL, ${col.tries} = ${col.tries} - 1
-             FROM unnest($1::text[], $2::int[]) AS u(pk, attempt)
-            WHERE ${t.table}.${t.pk} = u.pk::${t.pkType} AND ${col.reservedBy} = $3
-              AND ${col.tries} = u.attempt AND ${col.startedAt} IS NOT NULL
-              AND ${col.endedAt} IS NULL`,
+    text: `UPDATE ${t.table} SET ${sets.join(', ')}, ${col.tries} = ${col.tries} - 1
+             FROM unnest($1::text[], $2::int[]) AS u(__pk, __attempt)
+            WHERE ${t.table}.${t.pk} = u.__pk::${t.pkType} AND ${col.reservedBy} = $3
+              AND ${col.tries} = u.__attempt AND ${state.started} AND ${state.open}`,
     values: [tasks.map((x) => x.pk), tasks.map((x) => x.attempt), worker],
   });
 
