@@ -7,6 +7,7 @@ import { releaseTasks } from '../dispatch/release.js';
 import { HookResults, HookRunner, hookContext, type HookName } from '../hooks/run.js';
 import { componentLogger } from '../log.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
+import { ProgressWriter } from './progress.js';
 import {
   finishTasks,
   startTasks,
@@ -41,6 +42,9 @@ function sendConfirmed(msg: FromWorker): Promise<void> {
     process.send(msg, undefined, {}, () => resolve());
   });
 }
+
+const progress = new ProgressWriter();
+let batchNo = 0;
 
 let wakeUp: (() => void) | null = null;
 /** A wake-up that arrived while the loop was busy: the next sleep returns at once. */
@@ -149,10 +153,13 @@ async function main(): Promise<void> {
       await sleep(init.pollMs);
       continue;
     }
-    send({
+    batchNo++;
+    // Written before any task of the batch runs, so the agent knows the batch if we die in it.
+    await sendConfirmed({
       t: 'started',
       job: job.name,
       n: batch.length,
+      batch: batchNo,
       tasks: batch.map((b) => ({ pk: b.pk, attempt: b.attempt })),
     });
 
@@ -162,7 +169,7 @@ async function main(): Promise<void> {
     for (; i < batch.length && !(draining && i > 0); i++) {
       const task = batch[i];
       // In a batch, the agent must know which started tasks never ran if this process dies.
-      if (batch.length > 1) await sendConfirmed({ t: 'running', index: i });
+      if (batch.length > 1) progress.report(batchNo, i);
       const t0 = performance.now();
       const outcome = await runOne(job, task, db, job.maxJobDurationMinutes * 60_000);
       const ms = performance.now() - t0;

@@ -1,4 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
@@ -8,6 +9,7 @@ import { releaseTasks } from '../dispatch/release.js';
 import { isTransientDbError } from '../db/pool.js';
 import { unstartTasks } from './statements.js';
 import { CpuThrottle } from './throttle.js';
+import { ProgressReader } from './progress.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 
 const CHILD = fileURLToPath(new URL('./child.js', import.meta.url));
@@ -59,12 +61,13 @@ interface Slot extends WorkerState {
   runningSince: number | null;
   lastHeartbeat: number;
   stopping: boolean;
-  /** The batch started last, its job, and the index of the task reported running (−1: none). */
+  /** The batch started last, its number and job; which of its tasks ran is in `progress`. */
   batch: { pk: string; attempt: number }[];
+  batchNo: number;
   batchJob: string | null;
+  progress: ProgressReader | null;
   /** Why the pool killed the process, when it did (memory), for the tasks' error text. */
   killReason: string | null;
-  runningIndex: number;
   /** Resolves once the process is gone and its tasks were released. */
   exited: Promise<void>;
   onGone: () => void;
@@ -110,7 +113,8 @@ export class WorkerPool {
         batch: [],
         batchJob: null,
         killReason: null,
-        runningIndex: -1,
+        batchNo: -1,
+        progress: null,
       };
       this.slots.push(slot);
       this.spawn(slot);
@@ -172,11 +176,13 @@ export class WorkerPool {
     );
     if (this.o.maxMemoryMb) execArgv.push(`--max-old-space-size=${this.o.maxMemoryMb}`);
     const child = fork(CHILD, [JSON.stringify(init)], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      // fd 4: the progress pipe (progress.ts).
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc', 'pipe'],
       execArgv,
       env: { ...process.env, DATABASE_URL: this.o.databaseUrl },
     });
     slot.child = child;
+    slot.progress = new ProgressReader(child.stdio[4] as Readable);
     slot.pid = child.pid ?? null;
     slot.lastHeartbeat = Date.now();
     slot.runningSince = null;
@@ -196,14 +202,11 @@ export class WorkerPool {
       case 'started':
         s.batch = msg.tasks;
         s.batchJob = msg.job;
-        s.runningIndex = -1;
+        s.batchNo = msg.batch;
         s.busy = true;
         s.lastActivityAt = Date.now();
         this.o.onActivity?.({ worker: s.id, job: msg.job, kind: 'started', n: msg.n });
         this.o.onCapacity();
-        break;
-      case 'running':
-        s.runningIndex = msg.index;
         break;
       case 'finished':
         s.batch = [];
@@ -297,6 +300,8 @@ export class WorkerPool {
             : `worker process ${s.id} exited with code ${code}`;
     if (!s.stopping) this.o.log.warn({ worker: s.id, code, signal }, 'worker process died');
     s.killReason = null;
+    // Every progress record the process wrote before it died is read before judging its batch.
+    await Promise.race([s.progress?.ended, new Promise((r) => setTimeout(r, 1000))]);
     await this.unstartUnrun(s);
     await this.releaseOf(s, s.stopping ? 'shutdown' : reason);
     s.onGone();
@@ -315,7 +320,8 @@ export class WorkerPool {
    */
   private async unstartUnrun(s: Slot): Promise<void> {
     const table = s.batchJob === null ? undefined : this.o.tables.get(s.batchJob);
-    const unrun = s.batch.slice(s.batch.length > 1 ? s.runningIndex + 1 : s.batch.length);
+    const running = s.progress?.runningIndex(s.batchNo) ?? -1;
+    const unrun = s.batch.slice(s.batch.length > 1 ? running + 1 : s.batch.length);
     s.batch = [];
     if (!table || unrun.length === 0) return;
     try {

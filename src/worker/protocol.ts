@@ -21,9 +21,14 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'ready' }
   /** Started `n` tasks; the queue the dispatcher tops up just shrank. */
-  | { t: 'started'; job: string; n: number; tasks: { pk: string; attempt: number }[] }
-  /** About to run task `index` of the batch; sent before it runs, confirmed written. */
-  | { t: 'running'; index: number }
+  /** Which task of batch `batch` is about to run goes through the progress pipe (progress.ts). */
+  | {
+      t: 'started';
+      job: string;
+      n: number;
+      batch: number;
+      tasks: { pk: string; attempt: number }[];
+    }
   | { t: 'finished'; job: string; ok: number; failed: number; stale: number }
   /** Every 500 ms: whether a task is running and since when (epoch ms). */
   | { t: 'heartbeat'; runningSince: number | null; task: string | null }
