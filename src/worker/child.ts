@@ -248,11 +248,21 @@ async function runOne(
   db: import('pg').Pool,
   maxMs: number,
 ): Promise<{ result: TaskResult; overran: boolean }> {
-  const controller = new AbortController();
+  // The abort signal is made only for a task that asks for it: most never do, and a controller
+  // per task is a measurable share of a no-op task's cost.
+  let controller: AbortController | undefined;
+  let overdue: Error | undefined;
+  const signal = () => {
+    controller ??= new AbortController();
+    if (overdue) controller.abort(overdue);
+
+    return controller.signal;
+  };
   let timer: NodeJS.Timeout | undefined;
   const overrun = new Promise<'overrun'>((resolve) => {
     timer = setTimeout(() => {
-      controller.abort(new Error('maxJobDurationMinutes exceeded'));
+      overdue = new Error('maxJobDurationMinutes exceeded');
+      controller?.abort(overdue);
       resolve('overrun');
     }, maxMs);
   });
@@ -267,7 +277,9 @@ async function runOne(
           job: job.name,
           db,
           log,
-          signal: controller.signal,
+          get signal() {
+            return signal();
+          },
         }),
       ),
       overrun,
