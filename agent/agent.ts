@@ -304,6 +304,9 @@ export class Agent {
     const mesh = this.view.mesh.stats();
     this.metrics.setPeers(mesh.peers);
     this.metrics.setMeshSize(mesh.meshSize);
+    // Peers are noted on every check, so a node that loses its database and its peers in the
+    // same instant (a partition) still knows it had some.
+    const lost = this.view.peersLost(mesh.peers);
     const limit = 0.75 * this.config.mesh.nodeDeadAfterMs;
     const since = this.view.msSinceHeartbeat();
     if (since < limit) {
@@ -314,7 +317,7 @@ export class Agent {
     // While peers are connected, this node's gossip still reaches them and they hold it alive
     // (death needs gossip lost AND the registry stale): no one will relaunch its tasks. A node
     // that never had a peer is alone in its cluster, or still joining: nobody to run them twice.
-    if (this.fenced || this.draining || !this.view.peersLost(mesh.peers)) return;
+    if (this.fenced || this.draining || !lost) return;
     this.fenced = true;
     this.log.warn(
       { sinceMs: Math.round(since), limitMs: limit },

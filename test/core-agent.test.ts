@@ -2,84 +2,15 @@ import '../src/polyfills.js';
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import type pg from 'pg';
-import { pino } from 'pino';
-import { defineJob } from '../src/config/define.js';
-import { migrateJobTable } from '../src/db/user-table.js';
-import { createTestDatabase, type TestDatabase } from './helpers/database.js';
-import {
-  createQaTables,
-  invariantViolations,
-  killAllAgents,
-  QA_COLUMNS,
-  startAgent,
-  tempDir,
-  waitFor,
-  writeQaConfig,
-  type AgentProcess,
-  type QaConfigOptions,
-} from './helpers/core-fixture.js';
+import { cleanUpQa, invariantViolations, setupQa } from './helpers/core-fixture.js';
+import { waitFor } from './helpers/fixture.js';
 
 /**
  * Real agents (`pampa agent` processes with forked workers) over Fixture F of cases.md, at a
  * small scale and with short timings. Every wait polls the database with a deadline.
  */
 
-interface Setup {
-  db: TestDatabase;
-  dir: string;
-  config: string;
-  agents: AgentProcess[];
-  start(name: string, workers?: number): AgentProcess;
-  /** Agent logs, for failure messages. */
-  logs(): string;
-}
-
-const databases: TestDatabase[] = [];
-after(async () => {
-  killAllAgents();
-  await Promise.all(databases.map((d) => d.drop().catch(() => undefined)));
-});
-
-async function setup(rows: [number, string][], o: QaConfigOptions = {}): Promise<Setup> {
-  const db = await createTestDatabase();
-  databases.push(db);
-  await createQaTables(db.pool);
-  await migrateJobTable(
-    db.pool,
-    defineJob({
-      name: 'qa',
-      table: 'qa_task',
-      primaryKey: 'id',
-      columns: QA_COLUMNS,
-      run: () => undefined,
-    }),
-    'pampa',
-    pino({ level: 'silent' }),
-  );
-  if (rows.length > 0) {
-    await db.pool.query(
-      `INSERT INTO qa_task (id, payload) SELECT * FROM unnest($1::bigint[], $2::text[])`,
-      [rows.map((r) => r[0]), rows.map((r) => r[1])],
-    );
-  }
-  const dir = tempDir('pampa-core-agent-');
-  const config = writeQaConfig(dir, o);
-  const agents: AgentProcess[] = [];
-
-  return {
-    db,
-    dir,
-    config,
-    agents,
-    start(name, workers = 2) {
-      const a = startAgent(dir, config, db.url, name, workers);
-      agents.push(a);
-
-      return a;
-    },
-    logs: () => agents.map((a) => `--- ${a.name} (pid ${a.pid}) ---\n${a.logTail(30)}`).join('\n'),
-  };
-}
+after(cleanUpQa);
 
 async function count(db: pg.Pool, sql: string, params: unknown[] = []): Promise<number> {
   const r = await db.query<{ n: number }>(`SELECT (${sql})::int AS n`, params);
@@ -128,7 +59,7 @@ describe('core agent processes', { concurrency: false }, () => {
     { timeout: 90_000 },
     async () => {
       const rows = Array.from({ length: 200 }, (_, i) => [i + 1, 'sleep:0'] as [number, string]);
-      const s = await setup(rows, { queueSize: 20 });
+      const s = await setupQa(rows, { queueSize: 20 });
       const agent = s.start('n1', 2);
       await waitFor(
         '200 closed rows',
@@ -168,7 +99,7 @@ describe('core agent processes', { concurrency: false }, () => {
     '(b) a throwing task is retried, then closed as failed after maxTryTimes',
     { timeout: 60_000 },
     async () => {
-      const s = await setup([
+      const s = await setupQa([
         [1, 'fail:boom from the handler'],
         [2, 'sleep:10'],
         [3, 'sleep:10'],
@@ -211,7 +142,7 @@ describe('core agent processes', { concurrency: false }, () => {
     async () => {
       const rows: [number, string][] = [[1, 'die']];
       for (let i = 2; i <= 21; i++) rows.push([i, 'sleep:50']);
-      const s = await setup(rows);
+      const s = await setupQa(rows);
       const agent = s.start('n1', 2);
       await waitFor(
         '21 closed rows',
@@ -259,7 +190,7 @@ describe('core agent processes', { concurrency: false }, () => {
     { timeout: 90_000 },
     async () => {
       const rows = Array.from({ length: 4 }, (_, i) => [i + 1, 'sleep:2500'] as [number, string]);
-      const s = await setup(rows);
+      const s = await setupQa(rows);
       const a = s.start('na', 2);
       await waitFor(
         'two running executions on na',
@@ -355,7 +286,7 @@ describe('core agent processes', { concurrency: false }, () => {
     async () => {
       const rows: [number, string][] = [[1, 'sleep:3000']];
       for (let i = 2; i <= 11; i++) rows.push([i, 'sleep:100']);
-      const s = await setup(rows);
+      const s = await setupQa(rows);
       // One worker per agent, so a crash catches only T (the others wait unstarted in its queue).
       let agent = s.start('n1', 1);
       let seen = 0;
@@ -418,7 +349,7 @@ describe('core agent processes', { concurrency: false }, () => {
     async () => {
       const rows: [number, string][] = [];
       for (let i = 1; i <= 60; i++) rows.push([i, i === 31 ? 'die' : 'sleep:0']);
-      const s = await setup(rows, { queueSize: 10 });
+      const s = await setupQa(rows, { queueSize: 10 });
       const agent = s.start('n1', 1);
       await waitFor(
         '60 closed rows',
@@ -440,7 +371,7 @@ describe('core agent processes', { concurrency: false }, () => {
     '(f) SIGTERM drain: a running task is released after the grace, a queued one at once',
     { timeout: 60_000 },
     async () => {
-      const s = await setup(
+      const s = await setupQa(
         [
           [1, 'sleep:60000'],
           [2, 'sleep:100'],

@@ -19,6 +19,7 @@ import {
   startTasks,
 } from '../src/worker/statements.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { QA_COLUMNS } from './helpers/fixture.js';
 
 const SCHEMA = 'pampa';
 const CLUSTER = 'core-stmt';
@@ -56,15 +57,7 @@ const JOBS: Record<'mixed' | 'naive' | 'tz', JobInput> = {
     name: 'naive',
     table: 'user',
     primaryKey: 'id',
-    columns: {
-      reservedBy: 'rsv_by',
-      reservedAt: 'rsv_at',
-      tries: 'rsv_tries',
-      startedAt: 'started_at',
-      endedAt: 'ended_at',
-      success: 'ok',
-      error: 'err',
-    },
+    columns: QA_COLUMNS,
     maxTryTimes: 3,
     retryBackoffSeconds: 30,
     run,

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type pg from 'pg';
 import { pino } from 'pino';
@@ -15,6 +14,7 @@ import {
   type LeaseToken,
 } from '../src/lease/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { StallingProxy } from './helpers/db-proxy.js';
 
 const SCHEMA = 'pampa';
 const silent = pino({ level: 'silent' });
@@ -29,64 +29,6 @@ async function waitFor(
     if (Date.now() > deadline)
       throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-/**
- * A TCP proxy in front of PostgreSQL that can be told to stall: from then on it forwards
- * nothing in either direction and accepts new connections without ever answering, like a
- * server behind a partition that drops packets.
- */
-class StallingProxy {
-  private readonly server: Server;
-  private readonly sockets = new Set<Socket>();
-  private readonly pairs: { client: Socket; upstream: Socket }[] = [];
-  private stalled = false;
-
-  constructor(private readonly target: { host: string; port: number }) {
-    this.server = createServer((client) => this.accept(client));
-  }
-
-  async listen(): Promise<number> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
-    const address = this.server.address();
-    assert.ok(address && typeof address === 'object');
-
-    return address.port;
-  }
-
-  stall(): void {
-    this.stalled = true;
-    for (const { client, upstream } of this.pairs) {
-      client.unpipe(upstream);
-      upstream.unpipe(client);
-      client.pause();
-      upstream.pause();
-    }
-  }
-
-  async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise((resolve) => this.server.close(resolve));
-  }
-
-  private accept(client: Socket): void {
-    this.track(client);
-    if (this.stalled) return;
-
-    const upstream = connect(this.target.port, this.target.host);
-    this.track(upstream);
-    upstream.on('close', () => client.destroy());
-    client.on('close', () => upstream.destroy());
-    client.pipe(upstream);
-    upstream.pipe(client);
-    this.pairs.push({ client, upstream });
-  }
-
-  private track(socket: Socket): void {
-    this.sockets.add(socket);
-    socket.on('error', () => undefined);
-    socket.on('close', () => this.sockets.delete(socket));
   }
 }
 

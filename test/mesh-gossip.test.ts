@@ -4,9 +4,8 @@ import { after, describe, it } from 'node:test';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { PrivateKey } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
-import { pino } from 'pino';
 import { generateClusterKey } from '../src/mesh/key.js';
-import { Mesh, type MeshOptions } from '../src/mesh/mesh.js';
+import { Mesh } from '../src/mesh/mesh.js';
 import {
   MAX_MESSAGE_BYTES,
   advertTopic,
@@ -14,92 +13,8 @@ import {
   encodeAdvert,
 } from '../src/mesh/messages.js';
 import { createMeshNode, gossipOf } from '../src/mesh/node.js';
-import type { CapacityAdvert } from '../src/mesh/types.js';
-
-const CLUSTER = 'gossip-test';
-const LOOPBACK = ['/ip4/127.0.0.1/tcp/0'];
-const log = pino({ level: process.env.PAMPA_LOG_LEVEL ?? 'silent' });
-
-/** A mesh plus what a real agent does with it: advertise every 200 ms, remember who it heard. */
-class TestAgent {
-  readonly mesh: Mesh;
-  /** node name → performance.now() of the last advert received from it. */
-  readonly heard = new Map<string, number>();
-  readonly connected = new Set<string>();
-  private seq = 0;
-  private timer: NodeJS.Timeout | undefined;
-
-  constructor(
-    readonly node: string,
-    options: Partial<MeshOptions> = {},
-  ) {
-    this.mesh = new Mesh({ cluster: CLUSTER, listen: LOOPBACK, log, ...options });
-    this.mesh.on('advert', (a) => this.heard.set(a.node, performance.now()));
-    this.mesh.on('peer:connect', (p) => this.connected.add(p));
-  }
-
-  async start(): Promise<this> {
-    await this.mesh.start();
-    this.timer = setInterval(() => void this.mesh.publishAdvert(this.advert()), 200);
-    void this.mesh.publishAdvert(this.advert());
-
-    return this;
-  }
-
-  async stop(): Promise<void> {
-    clearInterval(this.timer);
-    await this.mesh.stop();
-  }
-
-  advert(): CapacityAdvert {
-    return advertOf(this.node, this.mesh.peerId, ++this.seq);
-  }
-
-  heardSince(nodes: string[], since: number): boolean {
-    return nodes.every((n) => (this.heard.get(n) ?? -1) >= since);
-  }
-}
-
-function advertOf(node: string, peerId: string, seq: number, cluster = CLUSTER): CapacityAdvert {
-  return {
-    v: 1,
-    cluster,
-    node,
-    agentId: `${node}-agent`,
-    peerId,
-    seq,
-    sentAt: Date.now(),
-    version: 'test',
-    statusUrl: null,
-    draining: false,
-    lease: { holder: null, epoch: 0, isHolder: false },
-    workers: [],
-  };
-}
-
-/** Resolves once check() holds; re-checked every 20 ms. */
-async function waitFor(what: string, check: () => boolean, timeoutMs = 10_000): Promise<number> {
-  const start = performance.now();
-  while (!check()) {
-    if (performance.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-
-  return performance.now() - start;
-}
-
-function names(agents: TestAgent[]): string[] {
-  return agents.map((a) => a.node);
-}
-
-function othersHeard(agents: TestAgent[], since = 0): boolean {
-  return agents.every((a) =>
-    a.heardSince(
-      names(agents).filter((n) => n !== a.node),
-      since,
-    ),
-  );
-}
+import { waitFor } from './helpers/fixture.js';
+import { CLUSTER, LOOPBACK, TestAgent, advertOf, log, othersHeard } from './helpers/mesh.js';
 
 describe('Mesh gossip on 127.0.0.1', () => {
   const agents: TestAgent[] = [];

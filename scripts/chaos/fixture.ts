@@ -1,23 +1,8 @@
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { fileURLToPath } from 'node:url';
+import { QA_COLUMNS, QA_TASK_SQL, writeConfigModule } from '../../test/helpers/fixture.js';
 
-/** dist/src/index.js, for the generated config module. */
-const INDEX_URL = pathToFileURL(fileURLToPath(new URL('../../src/index.js', import.meta.url))).href;
+export { QA_COLUMNS };
 
 export const CLUSTER = 'chaos';
-
-/** The reservation columns of qa_task (Fixture F of cases.md). */
-export const QA_COLUMNS = {
-  reservedBy: 'rsv_by',
-  reservedAt: 'rsv_at',
-  tries: 'rsv_tries',
-  startedAt: 'started_at',
-  endedAt: 'ended_at',
-  success: 'ok',
-  error: 'err',
-} as const;
 
 /**
  * Fixture F's user table, plus:
@@ -31,19 +16,7 @@ export const QA_COLUMNS = {
  */
 export function schemaSql(schema: string): string {
   return `
-    CREATE TABLE qa_task (
-      id          bigint PRIMARY KEY,
-      payload     text NOT NULL,
-      result      text,
-      note        text DEFAULT 'keep-me',
-      rsv_by      varchar(500),
-      rsv_at      timestamp,
-      rsv_tries   integer DEFAULT 0,
-      started_at  timestamp,
-      ended_at    timestamp,
-      ok          boolean,
-      err         text
-    );
+    ${QA_TASK_SQL}
     CREATE TABLE chaos_exec (id text PRIMARY KEY, task_id bigint NOT NULL, worker text, app text,
       attempt int, pid int, t_start timestamptz NOT NULL, t_end timestamptz, outcome text);
     CREATE INDEX ON chaos_exec (task_id);
@@ -96,25 +69,6 @@ export function failText(id: number): string {
  * throws.
  */
 export function writeConfig(dir: string, t: Timings): string {
-  const file = join(dir, 'chaos.config.mjs');
-  const settings = {
-    name: CLUSTER,
-    lease: {
-      ttlMs: t.leaseTtlMs,
-      renewIntervalMs: Math.round(t.leaseTtlMs / 5),
-      renewDeadlineMs: Math.round((t.leaseTtlMs * 2) / 3),
-    },
-    mesh: {
-      advertIntervalMs: 300,
-      advertTtlMs: 1500,
-      heartbeatIntervalMs: 300,
-      nodeDeadAfterMs: t.nodeDeadAfterMs,
-    },
-    dispatchIntervalMs: 200,
-    relaunchScanMs: t.relaunchScanMs,
-    workerPollMs: 200,
-    shutdownGraceMs: 2000,
-  };
   const job = {
     name: 'qa',
     table: 'qa_task',
@@ -126,10 +80,28 @@ export function writeConfig(dir: string, t: Timings): string {
     maxJobDurationMinutes: t.maxJobDurationMinutes,
     retryBackoffSeconds: 0,
   };
-  writeFileSync(
-    file,
-    `import { defineCluster, defineJob } from ${JSON.stringify(INDEX_URL)};
 
+  return writeConfigModule({
+    dir,
+    cluster: CLUSTER,
+    file: 'chaos.config.mjs',
+    settings: {
+      lease: {
+        ttlMs: t.leaseTtlMs,
+        renewIntervalMs: Math.round(t.leaseTtlMs / 5),
+        renewDeadlineMs: Math.round((t.leaseTtlMs * 2) / 3),
+      },
+      mesh: { nodeDeadAfterMs: t.nodeDeadAfterMs },
+      relaunchScanMs: t.relaunchScanMs,
+      shutdownGraceMs: 2000,
+    },
+    prelude: RUN,
+    body: `jobs: [defineJob({ ...${JSON.stringify(job)}, run })],`,
+  });
+}
+
+/** The task function (see writeConfig), as source text. */
+const RUN = `
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const CODES = new Set(['57P01', '57P02', '57P03', '08000', '08001', '08003', '08004', '08006',
   'ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT']);
@@ -173,13 +145,4 @@ async function run(task, ctx) {
     await q(ctx.db, 'UPDATE chaos_exec SET t_end = $2, outcome = $3 WHERE id = $1', [id, end, outcome]);
   }
 }
-
-export default defineCluster({
-  ...${JSON.stringify(settings)},
-  jobs: [defineJob({ ...${JSON.stringify(job)}, run })],
-});
-`,
-  );
-
-  return file;
-}
+`;

@@ -1,9 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, readdirSync, readFileSync, type WriteStream } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+import type { ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { spawnAgent } from '../../test/helpers/fixture.js';
 
 /** One run of one node's agent process (a restart is a new run, with a new agent id). */
 export interface AgentRun {
@@ -35,7 +32,6 @@ export class Fleet {
   readonly runs: AgentRun[] = [];
   private readonly live = new Map<string, AgentRun>();
   private stopping = false;
-  private readonly streams: WriteStream[] = [];
 
   constructor(
     private readonly o: {
@@ -60,76 +56,32 @@ export class Fleet {
   }
 
   start(node: string): AgentRun {
-    const logFile = join(this.o.dir, `${node}-${this.runs.length + 1}.log`);
-    const out = createWriteStream(logFile);
-    this.streams.push(out);
-    const child = spawn(
-      process.execPath,
-      [
-        CLI,
-        'agent',
-        '--config',
-        this.o.config,
-        '--name',
-        node,
-        '--workers',
-        String(this.o.workers),
-        '--http-port',
-        '0',
-      ],
-      {
-        env: {
-          ...process.env,
-          DATABASE_URL: this.o.url,
-          PAMPA_LOG_FORMAT: 'json',
-          PAMPA_LOG_LEVEL: 'info',
-        },
-        stdio: ['ignore', 'pipe', 'pipe'],
-        detached: true,
-      },
-    );
+    const agent = spawnAgent({
+      dir: this.o.dir,
+      config: this.o.config,
+      url: this.o.url,
+      name: node,
+      workers: this.o.workers,
+      logName: `${node}-${this.runs.length + 1}.log`,
+      // Lines arrive in later events, once `run` below exists.
+      onLine: (rec) => this.observe(run, rec),
+    });
+    const child = agent.child;
     const run: AgentRun = {
       node,
       agentId: null,
-      pid: child.pid!,
+      pid: agent.pid,
       spawnAt: Date.now(),
       upAt: null,
       diedAt: null,
       cause: null,
       code: null,
       signal: null,
-      logFile,
+      logFile: agent.logFile,
       workerDeaths: [],
       child,
       exit: Promise.resolve(),
     };
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      out.write(d);
-      buf += d.toString();
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        let rec: Record<string, unknown>;
-        try {
-          rec = JSON.parse(line) as Record<string, unknown>;
-        } catch {
-          continue;
-        }
-        if (!run.agentId && typeof rec.agent === 'string') run.agentId = rec.agent;
-        if (rec.msg === 'agent started' && run.upAt === null) run.upAt = Date.now();
-        if (rec.msg === 'worker process died') {
-          run.workerDeaths.push({
-            at: typeof rec.time === 'number' ? rec.time : Date.now(),
-            worker: String(rec.worker),
-            code: (rec.code as number | null) ?? null,
-            signal: (rec.signal as string | null) ?? null,
-          });
-        }
-      }
-    });
-    child.stderr!.on('data', (d: Buffer) => out.write(d));
     run.exit = new Promise<void>((resolve) => {
       child.once('exit', (code, signal) => {
         run.code = code;
@@ -151,6 +103,20 @@ export class Fleet {
     this.live.set(node, run);
 
     return run;
+  }
+
+  /** What the harness learns from a log line of the run. */
+  private observe(run: AgentRun, rec: Record<string, unknown>): void {
+    if (!run.agentId && typeof rec.agent === 'string') run.agentId = rec.agent;
+    if (rec.msg === 'agent started' && run.upAt === null) run.upAt = Date.now();
+    if (rec.msg === 'worker process died') {
+      run.workerDeaths.push({
+        at: typeof rec.time === 'number' ? rec.time : Date.now(),
+        worker: String(rec.worker),
+        code: (rec.code as number | null) ?? null,
+        signal: (rec.signal as string | null) ?? null,
+      });
+    }
   }
 
   /** Waits until no live (non-zombie) process of the group is left; bounded to 5 s. */
@@ -198,7 +164,6 @@ export class Fleet {
         clearTimeout(t);
       }),
     );
-    for (const s of this.streams) s.end();
   }
 
   /** Last resort: SIGKILL every group still running (the harness itself failed). */

@@ -3,10 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { pino, type Logger } from 'pino';
-import { defineJob } from '../../src/config/define.js';
-import { migrateJobTable } from '../../src/db/user-table.js';
+import { migrateQaJob } from '../../test/helpers/fixture.js';
 import { runChecks, type CheckResult, type PauseFacts, type RunFacts } from './checks.js';
-import { CLUSTER, failText, QA_COLUMNS, schemaSql, writeConfig } from './fixture.js';
+import { CLUSTER, failText, schemaSql, writeConfig } from './fixture.js';
 import { Fleet } from './fleet.js';
 import { startRestartablePostgres } from './pg.js';
 
@@ -125,18 +124,7 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
   let fleet: Fleet | undefined;
   try {
     await db.query(schemaSql('pampa'));
-    await migrateJobTable(
-      db,
-      defineJob({
-        name: 'qa',
-        table: 'qa_task',
-        primaryKey: 'id',
-        columns: QA_COLUMNS,
-        run: () => undefined,
-      }),
-      'pampa',
-      log,
-    );
+    await migrateQaJob(db, log);
     // The task mix: 70 % sleep 0–20 ms, 25 % sleep 50–500 ms, 5 % throw.
     const ids: number[] = [];
     const payloads: string[] = [];

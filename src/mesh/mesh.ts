@@ -281,8 +281,8 @@ export class Mesh extends EventEmitter<MeshEvents> {
   }
 
   /**
-   * Hangs up on peers connected for UNSUBSCRIBED_GRACE_MS without a gossip subscription and a
-   * gossip stream both ways.
+   * Hangs up on peers connected for UNSUBSCRIBED_GRACE_MS without a gossip subscription and an
+   * open gossip stream both ways.
    */
   private repairSilentPeers(): void {
     const node = this.node;
@@ -293,7 +293,12 @@ export class Mesh extends EventEmitter<MeshEvents> {
       gossip
         .getSubscribers(this.topics.advert)
         .map((p) => p.toString())
-        .filter((p) => gossip.streamsOutbound.has(p) && gossip.streamsInbound.has(p)),
+        .filter(
+          (p) =>
+            gossip.streamsOutbound.has(p) &&
+            gossip.streamsInbound.has(p) &&
+            gossipStreamsOpen(node, p),
+        ),
     );
     const connected = new Set(node.getPeers().map((p) => p.toString()));
     for (const peer of this.unsubscribedSince.keys()) {
@@ -430,4 +435,25 @@ export class Mesh extends EventEmitter<MeshEvents> {
 
 function fromOf(msg: Message): string | null {
   return msg.type === 'signed' ? msg.from.toString() : null;
+}
+
+/**
+ * Whether `peer` has, on some connection, a gossip stream this node can still write and one it
+ * can still read. gossipsub keeps a stream that ended cleanly (no reset) in its own maps, so
+ * being there is not enough; a closed stream leaves the connection's list.
+ */
+function gossipStreamsOpen(node: MeshNode, peer: string): boolean {
+  let writable = false;
+  let readable = false;
+  for (const connection of node.getConnections(peerIdFromString(peer))) {
+    for (const s of connection.streams) {
+      if (!s.protocol?.startsWith('/meshsub/') || s.status !== 'open') continue;
+      if (s.direction === 'outbound' && s.writeStatus !== 'closing' && s.writeStatus !== 'closed') {
+        writable = true;
+      }
+      if (s.direction === 'inbound' && s.readStatus === 'ready') readable = true;
+    }
+  }
+
+  return writable && readable;
 }

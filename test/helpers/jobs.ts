@@ -3,8 +3,6 @@
  * `pampa migrate` added, a config-module writer taking the jobs as source text (hooks are
  * functions, so the config is code), real agents, and their logs and status ports.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import type pg from 'pg';
 import { pino } from 'pino';
 import { defineJob } from '../../src/config/define.js';
@@ -13,30 +11,17 @@ import { migrate } from '../../src/db/migrations.js';
 import { migrateJobTable } from '../../src/db/user-table.js';
 import { createTestDatabase, type TestDatabase } from './database.js';
 import {
-  INDEX_URL,
+  agentGroup,
   killAllAgents,
-  startAgent,
+  logLines,
+  statusUrl,
   tempDir,
   waitFor,
+  writeConfigModule,
   type AgentProcess,
-} from './core-fixture.js';
+} from './fixture.js';
 
-export { waitFor };
-
-/** Settings for quick tests: short leases, adverts and rounds. */
-const SETTINGS = {
-  lease: { ttlMs: 1500, renewIntervalMs: 300, renewDeadlineMs: 1000 },
-  mesh: {
-    advertIntervalMs: 300,
-    advertTtlMs: 1500,
-    heartbeatIntervalMs: 300,
-    nodeDeadAfterMs: 2000,
-  },
-  dispatchIntervalMs: 200,
-  relaunchScanMs: 500,
-  workerPollMs: 200,
-  shutdownGraceMs: 1000,
-};
+export { logLines, statusUrl, waitFor };
 
 /**
  * Helpers visible to the config's source: `sleep(ms)`, and `record(ctx, task)` which logs an
@@ -95,58 +80,15 @@ export async function setupJobs(o: {
     );
   }
   const dir = tempDir('pampa-jobs-');
-  const config = join(dir, `pampa.config.${Math.random().toString(36).slice(2, 8)}.js`);
-  writeFileSync(
-    config,
-    `import { defineCluster, defineJob } from ${JSON.stringify(INDEX_URL)};
-${PRELUDE}
-export default defineCluster({
-  name: ${JSON.stringify(o.cluster ?? 'jobs')},
-  ...${JSON.stringify(SETTINGS)},
-  ${o.body}
-});
-`,
-  );
-  const agents: AgentProcess[] = [];
-
-  return {
-    db,
-    pool: db.pool,
+  const config = writeConfigModule({
     dir,
-    config,
-    agents,
-    start(name, workers = 2) {
-      const a = startAgent(dir, config, db.url, name, workers);
-      agents.push(a);
-
-      return a;
-    },
-    logs: () => agents.map((a) => `--- ${a.name} ---\n${a.logTail(40)}`).join('\n'),
-  };
-}
-
-/** The JSON log lines of an agent (its worker processes' lines included). */
-export function logLines(a: AgentProcess): Record<string, unknown>[] {
-  const out: Record<string, unknown>[] = [];
-  for (const line of readFileSync(a.logFile, 'utf8').split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      out.push(JSON.parse(line) as Record<string, unknown>);
-    } catch {
-      // a line cut by a crash
-    }
-  }
-
-  return out;
-}
-
-/** The agent's status URL, from its 'agent started' log line. */
-export async function statusUrl(a: AgentProcess): Promise<string> {
-  return waitFor('agent started', () => {
-    const line = logLines(a).find((l) => l.msg === 'agent started');
-
-    return (line?.statusUrl as string | undefined) ?? null;
+    cluster: o.cluster ?? 'jobs',
+    prelude: PRELUDE,
+    body: o.body,
   });
+  const group = agentGroup(dir, config, db.url);
+
+  return { db, pool: db.pool, ...group };
 }
 
 export async function scalar<T = number>(
