@@ -149,6 +149,9 @@ export class Agent {
       tables: this.tables,
       db: this.db,
       pollMs: c.workerPollMs,
+      // Well before another node may take this one for dead (nodeDeadAfterMs after its last
+      // registry heartbeat), a worker of a paused agent has stopped its task.
+      agentSilentMs: Math.floor(c.mesh.nodeDeadAfterMs / 2),
       log: this.log.child({ component: 'workers' }),
       onCapacity: () => {
         this.dispatcher?.kick();
@@ -284,7 +287,7 @@ export class Agent {
       : this.pool
           .states()
           .filter((w) => w.pid !== null)
-          .map((w) => ({ id: w.id, job: w.job, freeSlots: 1 }));
+          .map((w) => ({ id: w.id, job: w.job, freeSlots: w.responsive ? 1 : 0 }));
     const remote = this.view
       .liveAdverts()
       .filter((a) => a.node !== this.node)
@@ -332,7 +335,8 @@ export class Agent {
     return this.pool.states().map((w) => ({
       id: w.id,
       job: w.job,
-      freeSlots: this.draining || w.pid === null || w.job === null ? 0 : queueOf(w.job),
+      freeSlots:
+        this.draining || w.pid === null || w.job === null || !w.responsive ? 0 : queueOf(w.job),
       queued: 0,
       busy: w.busy,
       lastActivityAt: w.lastActivityAt,

@@ -47,6 +47,46 @@ async function allDone(s: QaSetup) {
 }
 
 describe('fault regressions with real agents', { concurrency: false }, () => {
+  // S07: an agent paused (SIGSTOP) past nodeDeadAfterMs is taken for dead and its tasks are
+  // relaunched elsewhere, but its worker processes were not paused with it: each stops by itself
+  // once its agent is silent for half of nodeDeadAfterMs, so no task runs twice at once.
+  test('S07: an agent paused past the death limit: its running task is stopped before it runs elsewhere', async () => {
+    const s = await setupQa([[1, 'sleep:8000']]);
+    const paused = s.start('pa', 1);
+    const { pid } = await running(s, 1, 'pa.1');
+    const other = s.start('pb', 1);
+    await statusUrl(other);
+
+    process.kill(paused.pid, 'SIGSTOP');
+    let maxAlive = 0;
+    try {
+      await waitFor(
+        'the task running on pb',
+        async () => {
+          const r = await s.db.pool.query<{ pid: number; worker: string }>(
+            'SELECT pid, worker FROM qa_exec_log WHERE task_id = 1 AND t_end IS NULL',
+          );
+          maxAlive = Math.max(maxAlive, r.rows.filter((x) => isRunning(x.pid)).length);
+
+          return r.rows.some((x) => x.worker === 'pb.1');
+        },
+        30_000,
+        25,
+        s.logs,
+      );
+      assert.ok(!isRunning(pid), "pa's worker stopped its task");
+    } finally {
+      process.kill(paused.pid, 'SIGCONT');
+    }
+
+    const [task] = await allDone(s);
+    assert.equal(maxAlive, 1, 'the task ran on two nodes at once');
+    assert.deepEqual([task.tries, task.execs], [2, ['pa.1', 'pb.1']]);
+    assert.ok(logged(paused, 'agent silent; worker stops so its tasks cannot run twice'));
+    assert.equal(paused.child.exitCode, null, 'the resumed agent runs on');
+    assert.deepEqual(await invariantViolations(s.db.pool), []);
+  });
+
   // Fixed in 5ee05e6 ("workers die with their agent"): a worker whose agent is gone has no
   // supervisor, and the dispatcher will relaunch its task elsewhere.
   test('an agent SIGKILLed alone: its worker stops the running task at once', async () => {

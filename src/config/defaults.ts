@@ -27,6 +27,12 @@ export const Defaults = {
   relaunchScanMs: 2000,
   /** How often a worker polls its own reservations when no assignment message arrives (ms). */
   workerPollMs: 1000,
+  /**
+   * A worker whose event loop is stuck this long past a task's maxJobDurationMinutes is killed
+   * by its agent; the dispatcher relaunches an overrun task only after this plus two relaunch
+   * scans, so the worker's own stop always comes first (ms).
+   */
+  overrunKillGraceMs: 2000,
   /** Grace given to running tasks on SIGTERM before they are stopped and released (ms). */
   shutdownGraceMs: 10000,
   /** Capacity advert period (ms). */

@@ -147,7 +147,13 @@ export class Dispatcher {
         this.lastScan = Date.now();
         await this.relaunch(fence);
       }
-      const live = [...new Set(this.o.workers().map((w) => w.id))].sort();
+      const eligible = this.o.workers();
+      const live = [...new Set(eligible.map((w) => w.id))].sort();
+      // A worker that serves a job but offers no slot is paused or stuck: it keeps its job and
+      // its queue, and gets nothing more until it is heard from again.
+      const stalled = new Set(
+        eligible.filter((w) => w.freeSlots === 0 && w.job != null).map((w) => w.id),
+      );
       const selections = new Map<string, FreeRowSelection | null>();
       for (const [job, table] of this.o.tables) {
         selections.set(job, await this.selection(table, live.length));
@@ -165,7 +171,7 @@ export class Dispatcher {
       for (const [job, table] of this.o.tables) {
         const selection = selections.get(job);
         if (!selection) continue;
-        const workers = live.filter((w) => this.assigned.get(w) === job);
+        const workers = live.filter((w) => this.assigned.get(w) === job && !stalled.has(w));
         if (workers.length === 0) continue;
         if (!this.o.token()) return;
         await this.isolated(table, 'selecting', () =>
@@ -314,11 +320,13 @@ export class Dispatcher {
     for (const [job, table] of this.o.tables) {
       const j = table.job;
       const withRows = j.relauncher !== undefined;
-      // The worker stops an overrunning task itself at maxJobDuration; the dispatcher only
-      // steps in two scan intervals later, when that worker is evidently gone.
+      // The worker stops an overrunning task itself at maxJobDuration, and its agent kills a
+      // stuck one overrunKillGraceMs later; the dispatcher steps in two scans after that, when
+      // that worker is evidently gone.
+      const lateMs = Defaults.overrunKillGraceMs + 2 * this.o.relaunchScanMs;
       const overrun = await releaseTasks(this.o.db, table, {
         reason: `no result within maxJobDurationMinutes (${j.maxJobDurationMinutes} min)`,
-        startedOlderThanSeconds: j.maxJobDurationMinutes * 60 + (2 * this.o.relaunchScanMs) / 1000,
+        startedOlderThanSeconds: j.maxJobDurationMinutes * 60 + lateMs / 1000,
         reservedOlderThanSeconds: j.maxReservedSeconds,
         fence,
         returnRows: withRows,

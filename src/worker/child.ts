@@ -6,6 +6,7 @@ import { inspectJobTable, type JobTable } from '../db/table.js';
 import { releaseTasks } from '../dispatch/release.js';
 import { HookResults, HookRunner, hookContext, type HookName } from '../hooks/run.js';
 import { componentLogger } from '../log.js';
+import { AGENT_ALIVE_MS, EXIT_AGENT_SILENT, EXIT_OVERRUN } from './protocol.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 import { ProgressWriter } from './progress.js';
 import {
@@ -24,8 +25,6 @@ import {
  * batch at hand, gives back the tasks still queued for the old job, and serves the new one.
  */
 const START_BUDGET_MS = 20;
-/** Exit code after a task overran: the process goes, and any code it left running with it. */
-export const EXIT_OVERRUN = 75;
 
 const init = JSON.parse(process.argv[2] ?? '{}') as WorkerInit;
 const log = componentLogger('worker', { worker: init.workerId });
@@ -54,13 +53,42 @@ let draining = false;
 let wanted: string | null = init.job;
 let runningSince: number | null = null;
 let runningTask: string | null = null;
+/** The running task's abort controller, once the task asked for its signal. */
+let runningController: AbortController | undefined;
+/** The agent's 'stop': the grace period is over; the running task's result is not written. */
+let stopped = false;
+let lastFromAgent = Date.now();
 
 process.on('message', (msg: ToWorker) => {
+  lastFromAgent = Date.now();
+  if (msg.t === 'alive') return;
+  if (msg.t === 'stop') {
+    stopped = true;
+    draining = true;
+    runningController?.abort(new Error('shutdown: the grace period is over'));
+  }
   if (msg.t === 'drain') draining = true;
   if (msg.t === 'assign' || (msg.t === 'wake' && msg.job !== undefined)) wanted = msg.job ?? null;
   if (wakeUp) wakeUp();
   else wokenEarly = true;
 });
+
+// A paused or hung agent cannot heartbeat: its node will be taken for dead and its tasks
+// relaunched elsewhere, so this worker stops before that can happen. A tick that comes late
+// means this process itself was paused or busy (a CPU throttle, a synchronous task): the
+// agent's messages are still unread in the pipe, so that tick judges nothing.
+let lastTick = Date.now();
+setInterval(() => {
+  const now = Date.now();
+  const late = now - lastTick > 3 * AGENT_ALIVE_MS;
+  lastTick = now;
+  if (late || now - lastFromAgent <= init.agentSilentMs) return;
+  log.error(
+    { silentMs: now - lastFromAgent, limitMs: init.agentSilentMs, task: runningTask },
+    'agent silent; worker stops so its tasks cannot run twice',
+  );
+  process.exit(EXIT_AGENT_SILENT);
+}, AGENT_ALIVE_MS).unref();
 // The agent is gone (killed): nobody supervises this process any more, and the dispatcher will
 // relaunch its tasks elsewhere, so a task still running here must not go on.
 process.on('disconnect', () => process.exit(1));
@@ -142,6 +170,7 @@ async function main(): Promise<void> {
       Math.min(job.queueSize, Math.floor(START_BUDGET_MS / Math.max(avg, 0.001))),
     );
     let batch: StartedTask[];
+    const batchStartedAt = Date.now();
     try {
       batch = await withRetry('start', () => start(db, table, limit));
     } catch (err) {
@@ -163,30 +192,40 @@ async function main(): Promise<void> {
       tasks: batch.map((b) => ({ pk: b.pk, attempt: b.attempt })),
     });
 
+    // Every task of the batch has the start time of the batch in the database, so each one's
+    // duration limit is counted from there too: the worker stops it before the dispatcher
+    // would relaunch it. A task whose time is up before it began is given back unrun.
+    const deadline = batchStartedAt + job.maxJobDurationMinutes * 60_000;
+    runningSince = batchStartedAt;
     const results: TaskResult[] = [];
     let overran = false;
     let i = 0;
-    for (; i < batch.length && !(draining && i > 0); i++) {
+    for (; i < batch.length && !(draining && i > 0) && Date.now() < deadline; i++) {
       const task = batch[i];
       // In a batch, the agent must know which started tasks never ran if this process dies.
       if (batch.length > 1) progress.report(batchNo, i);
       const t0 = performance.now();
-      const outcome = await runOne(job, task, db, job.maxJobDurationMinutes * 60_000);
+      const outcome = await runOne(job, task, db, deadline - Date.now());
       const ms = performance.now() - t0;
       avgMs.set(job.name, (avgMs.get(job.name) ?? 1000) * 0.7 + ms * 0.3);
-      results.push(outcome.result);
-      if (outcome.overran) {
-        overran = true;
+      // An overrun task, or one interrupted by the agent's stop, is not finished here: this
+      // process exits with it still running, and the agent releases it once the process is
+      // gone, so no other worker can start it while its code may still run here.
+      if (outcome.overran || (stopped && !outcome.result.ok)) {
+        overran = outcome.overran;
         i++;
         break;
       }
+      results.push(outcome.result);
     }
+    runningSince = null;
     const leftover = batch.slice(i);
     await flush(db, table, results, leftover);
     if (overran) {
       log.error({ maxJobDurationMinutes: job.maxJobDurationMinutes }, 'task overran; worker exits');
       process.exit(EXIT_OVERRUN);
     }
+    if (stopped) break;
   }
 
   await db.end().catch(() => undefined);
@@ -253,7 +292,11 @@ async function runOne(
   let controller: AbortController | undefined;
   let overdue: Error | undefined;
   const signal = () => {
-    controller ??= new AbortController();
+    if (!controller) {
+      controller = new AbortController();
+      runningController = controller;
+      if (stopped) controller.abort(new Error('shutdown: the grace period is over'));
+    }
     if (overdue) controller.abort(overdue);
 
     return controller.signal;
@@ -266,7 +309,6 @@ async function runOne(
       resolve('overrun');
     }, maxMs);
   });
-  runningSince = Date.now();
   runningTask = task.pk;
   try {
     const out = await Promise.race([
@@ -303,7 +345,7 @@ async function runOne(
     };
   } finally {
     clearTimeout(timer);
-    runningSince = null;
+    runningController = undefined;
     runningTask = null;
   }
 }

@@ -10,9 +10,15 @@ import { isTransientDbError } from '../db/pool.js';
 import { unstartTasks } from './statements.js';
 import { CpuThrottle } from './throttle.js';
 import { ProgressReader } from './progress.js';
+import { Defaults } from '../config/defaults.js';
+import { AGENT_ALIVE_MS, EXIT_AGENT_SILENT, EXIT_OVERRUN } from './protocol.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 
 const CHILD = fileURLToPath(new URL('./child.js', import.meta.url));
+/** A worker silent this long (it heartbeats every 500 ms) gets no new tasks (ms). */
+const UNRESPONSIVE_MS = 2000;
+/** After the shutdown grace, workers told to stop get this long before they are killed (ms). */
+const STOP_WAIT_MS = 1000;
 
 export interface WorkerPoolOptions {
   configPath: string;
@@ -33,6 +39,8 @@ export interface WorkerPoolOptions {
   maxCpuPercent?: number;
   db: pg.Pool;
   pollMs: number;
+  /** A worker that hears nothing from this agent for this long stops by itself (ms). */
+  agentSilentMs: number;
   log: Logger;
   /** Called when a worker's queue shrank or it went idle: the dispatcher may top it up. */
   onCapacity: () => void;
@@ -54,9 +62,11 @@ export interface WorkerState {
   done: number;
   failed: number;
   restarts: number;
+  /** Its process is up and heard from within UNRESPONSIVE_MS (not paused, not stuck). */
+  responsive: boolean;
 }
 
-interface Slot extends WorkerState {
+interface Slot extends Omit<WorkerState, 'responsive'> {
   child: ChildProcess | null;
   runningSince: number | null;
   lastHeartbeat: number;
@@ -82,6 +92,7 @@ export class WorkerPool {
   private readonly slots: Slot[] = [];
   private started = false;
   private watchdog: NodeJS.Timeout | undefined;
+  private alive: NodeJS.Timeout | undefined;
   private throttle: CpuThrottle | undefined;
 
   constructor(private readonly o: WorkerPoolOptions) {}
@@ -121,6 +132,10 @@ export class WorkerPool {
     }
     this.watchdog = setInterval(() => this.checkOverruns(), 1000);
     this.watchdog.unref();
+    this.alive = setInterval(() => {
+      for (const s of this.slots) this.send(s, { t: 'alive' });
+    }, AGENT_ALIVE_MS);
+    this.alive.unref();
     if (this.o.maxCpuPercent) {
       const pids = () => this.slots.flatMap((s) => (s.child?.pid ? [s.child.pid] : []));
       this.throttle = new CpuThrottle(this.o.maxCpuPercent, pids, this.o.log);
@@ -129,15 +144,18 @@ export class WorkerPool {
   }
 
   states(): WorkerState[] {
-    return this.slots.map(({ id, job, pid, busy, lastActivityAt, done, failed, restarts }) => ({
-      id,
-      job,
-      pid,
-      busy,
-      lastActivityAt,
-      done,
-      failed,
-      restarts,
+    const now = Date.now();
+
+    return this.slots.map((s) => ({
+      id: s.id,
+      job: s.job,
+      pid: s.pid,
+      busy: s.busy,
+      lastActivityAt: s.lastActivityAt,
+      done: s.done,
+      failed: s.failed,
+      restarts: s.restarts,
+      responsive: s.child !== null && now - s.lastHeartbeat < UNRESPONSIVE_MS,
     }));
   }
 
@@ -170,6 +188,7 @@ export class WorkerPool {
       agentId: this.o.agentId,
       databaseUrl: this.o.databaseUrl,
       pollMs: this.o.pollMs,
+      agentSilentMs: this.o.agentSilentMs,
     };
     const execArgv = process.execArgv.filter(
       (a) => !a.startsWith('--test') && !a.startsWith('--max-old-space-size'),
@@ -203,6 +222,8 @@ export class WorkerPool {
         s.batch = msg.tasks;
         s.batchJob = msg.job;
         s.batchNo = msg.batch;
+        // The batch's start time, for the overrun watchdog, even if no heartbeat follows.
+        s.runningSince = Date.now();
         s.busy = true;
         s.lastActivityAt = Date.now();
         this.o.onActivity?.({ worker: s.id, job: msg.job, kind: 'started', n: msg.n });
@@ -210,6 +231,7 @@ export class WorkerPool {
         break;
       case 'finished':
         s.batch = [];
+        s.runningSince = null;
         s.busy = false;
         s.done += msg.ok;
         s.failed += msg.failed;
@@ -252,7 +274,7 @@ export class WorkerPool {
       const table = this.o.tables.get(s.batchJob ?? s.job ?? '');
       if (!table || !s.child || s.stopping) continue;
       const maxMs = table.job.maxJobDurationMinutes * 60_000;
-      if (s.runningSince !== null && now - s.runningSince > maxMs + 2000) {
+      if (s.runningSince !== null && now - s.runningSince > maxMs + Defaults.overrunKillGraceMs) {
         this.o.log.warn(
           { worker: s.id, maxJobDurationMinutes: table.job.maxJobDurationMinutes },
           'task overran and its worker is stuck; killing it',
@@ -295,9 +317,11 @@ export class WorkerPool {
         ? `worker process ${s.id} ran out of memory: its heap reached maxMemoryMb (${this.o.maxMemoryMb} MB)`
         : signal
           ? `worker process ${s.id} was killed by ${signal}`
-          : code === 75
-            ? `worker process ${s.id} stopped an overrunning task`
-            : `worker process ${s.id} exited with code ${code}`;
+          : code === EXIT_OVERRUN
+            ? `task ran longer than maxJobDurationMinutes (${this.maxMinutesOf(s)} min); stopped by its worker ${s.id}`
+            : code === EXIT_AGENT_SILENT
+              ? `worker process ${s.id} stopped: its agent was silent (paused or hung)`
+              : `worker process ${s.id} exited with code ${code}`;
     if (!s.stopping) this.o.log.warn({ worker: s.id, code, signal }, 'worker process died');
     s.killReason = null;
     // Every progress record the process wrote before it died is read before judging its batch.
@@ -312,6 +336,10 @@ export class WorkerPool {
       if (!s.stopping && this.started) this.spawn(s);
     }, delay).unref();
     this.o.onCapacity();
+  }
+
+  private maxMinutesOf(s: Slot): number | string {
+    return this.o.tables.get(s.batchJob ?? s.job ?? '')?.job.maxJobDurationMinutes ?? '?';
   }
 
   /**
@@ -388,8 +416,15 @@ export class WorkerPool {
       setTimeout(() => resolve('late'), graceMs).unref(),
     );
     if ((await Promise.race([all, timer])) === 'late') {
+      // Running tasks are told through ctx.signal, and given a moment to stop on their own.
       this.o.log.warn({ graceMs }, 'grace period over; stopping running tasks');
-      for (const s of this.slots) s.child?.kill('SIGKILL');
+      for (const s of this.slots) this.send(s, { t: 'stop' });
+      const stopped = new Promise<'late'>((resolve) =>
+        setTimeout(() => resolve('late'), STOP_WAIT_MS).unref(),
+      );
+      if ((await Promise.race([all, stopped])) === 'late') {
+        for (const s of this.slots) s.child?.kill('SIGKILL');
+      }
       await all;
     }
     this.stop();
@@ -398,6 +433,7 @@ export class WorkerPool {
   stop(): void {
     this.started = false;
     clearInterval(this.watchdog);
+    clearInterval(this.alive);
     this.throttle?.stop();
     for (const s of this.slots) {
       s.stopping = true;

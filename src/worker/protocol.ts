@@ -8,6 +8,12 @@ export interface WorkerInit {
   agentId: string;
   databaseUrl: string;
   pollMs: number;
+  /**
+   * The worker stops (exits, its running task with it) when no message from its agent came for
+   * this long (ms): a paused or hung agent cannot heartbeat, so its node will soon be taken for
+   * dead and its tasks relaunched elsewhere.
+   */
+  agentSilentMs: number;
 }
 
 export type ToWorker =
@@ -16,7 +22,19 @@ export type ToWorker =
   /** Serve `job` from now on (null: none); queued tasks of the previous job are given back. */
   | { t: 'assign'; job: string | null }
   /** Start nothing new; finish the task at hand, give back the rest, then exit. */
-  | { t: 'drain' };
+  | { t: 'drain' }
+  /** The shutdown grace is over: abort the running task's signal; the agent kills us soon. */
+  | { t: 'stop' }
+  /** The agent is alive (every AGENT_ALIVE_MS); wakes nothing. */
+  | { t: 'alive' };
+
+/** Exit code after a task overran: the process goes, and any code it left running with it. */
+export const EXIT_OVERRUN = 75;
+/** Exit code of a worker whose agent went silent for agentSilentMs. */
+export const EXIT_AGENT_SILENT = 76;
+
+/** How often an agent tells its workers that it is alive (ms). */
+export const AGENT_ALIVE_MS = 250;
 
 export type FromWorker =
   | { t: 'ready' }
