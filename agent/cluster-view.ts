@@ -28,6 +28,9 @@ export interface ClusterViewOptions {
   onDropped?: (reason: string) => void;
 }
 
+/** Change-driven adverts of one agent are at least this far apart (ms). */
+const ADVERT_MIN_GAP_MS = 50;
+
 /**
  * The agent's view of the cluster: its libp2p mesh (adverts, assignments), membership (alive,
  * suspect, dead) and the node registry (heartbeats, addresses for discovery). Gossip decides
@@ -42,6 +45,9 @@ export class ClusterView {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private records: NodeRecord[] = [];
   private lastAdvertKey = '';
+  /** When the last advert went out (monotonic ms), and the pending trailing one. */
+  private lastAdvertAt = -Infinity;
+  private trailingAdvert: NodeJS.Timeout | undefined;
   private dbOk = true;
   /** Send time (monotonic) of the last registry heartbeat that succeeded. */
   private heartbeatOkAt = performance.now();
@@ -111,13 +117,30 @@ export class ClusterView {
     };
   }
 
-  /** Publishes this agent's capacity; `always` false publishes only when it changed. */
+  /**
+   * Publishes this agent's capacity; `always` false publishes only when it changed — a worker
+   * started or finished a batch (its queue shrank: the dispatcher may top it up), went busy or
+   * idle, or its slots changed — and at most every ADVERT_MIN_GAP_MS, the last change following
+   * at the end of the gap, so fast tasks do not flood the mesh.
+   */
   async advertise(always: boolean): Promise<void> {
     const workers = this.o.localWorkers();
     const draining = this.o.draining();
-    const key = JSON.stringify([workers.map((w) => [w.id, w.freeSlots, w.busy]), draining]);
+    const key = JSON.stringify([
+      workers.map((w) => [w.id, w.freeSlots, w.busy, w.lastActivityAt]),
+      draining,
+    ]);
     if (!always && key === this.lastAdvertKey) return;
+    const wait = this.lastAdvertAt + ADVERT_MIN_GAP_MS - performance.now();
+    if (!always && wait > 0) {
+      this.trailingAdvert ??= setTimeout(() => {
+        this.trailingAdvert = undefined;
+        void this.advertise(false);
+      }, wait);
+      return;
+    }
     this.lastAdvertKey = key;
+    this.lastAdvertAt = performance.now();
     if (!this.mesh.started) return;
     const advert: CapacityAdvert = {
       v: 1,
@@ -262,6 +285,7 @@ export class ClusterView {
 
   async stop(): Promise<void> {
     clearInterval(this.advertTimer);
+    clearTimeout(this.trailingAdvert);
     clearInterval(this.heartbeatTimer);
     await this.advertise(true).catch(() => undefined);
     await this.registry
