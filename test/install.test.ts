@@ -376,7 +376,7 @@ describe('sudo (S22)', { skip }, () => {
         s,
         access,
         PASSWORD,
-        "echo 'x [pampa-sudo-prompt] y'; sleep 0.3; exit 3",
+        "echo 'x [pampa-sudo%prompt] y'; printf '[pampa-sudo%%prompt]'; sleep 0.3; exit 3",
       );
       assert.equal(r.code, 3, 'the command ran to its end, not aborted as a wrong password');
     } finally {

@@ -21,8 +21,13 @@ export class SudoError extends Error {
 /** All sudo probing of one node ends within this (ms), as S22 requires. */
 export const sudoDeadlineMs = 30_000;
 
-/** A prompt nobody would print by chance; sudo shows it only when it wants the password. */
-const PROMPT = '[pampa-sudo-prompt]';
+/**
+ * A prompt nobody would print by chance; sudo shows it only when it wants the password. It is
+ * passed as `%%` and printed by sudo as `%`, so the marker in sudo's argv (as `ps` shows it)
+ * never matches the prompt itself.
+ */
+const PROMPT = '[pampa-sudo%prompt]';
+const PROMPT_ARG = PROMPT.replace('%', '%%');
 
 const TTY_NEEDED = /must have a tty|terminal is required|no tty present/i;
 const PASSWORD_NEEDED = /password is required|a password is required/i;
@@ -104,19 +109,25 @@ export async function runSudo(
   }
 
   let answered = 0;
-  const result = await session.exec(`sudo -S -p ${shellQuote(PROMPT)} sh -c ${quoted}`, {
+  const result = await session.exec(`sudo -S -p ${shellQuote(PROMPT_ARG)} sh -c ${quoted}`, {
     pty: access.pty,
     timeoutMs,
     interact: (output, stdin) => {
-      // sudo waits right after its prompt; the marker elsewhere (in `ps` output, say) is no prompt.
+      // sudo waits right after its prompt; the marker elsewhere is no prompt. With no prompt
+      // (cached credentials) stdin stays open, which `sh -c` ignores.
       if (!output.trimEnd().endsWith(PROMPT)) return;
       const prompts = output.split(PROMPT).length - 1;
-      if (prompts > answered) {
+      if (prompts <= answered) return;
+      if (answered === 0) {
         answered = prompts;
-        if (prompts === 1 && password !== undefined) stdin.write(password + '\n');
+        if (password !== undefined) stdin.write(password + '\n');
         else stdin.abort();
+        return;
       }
-      // No prompt (cached credentials): stdin stays open, which `sh -c` ignores.
+      // sudo asks again only after saying the password was wrong; a marker the command itself
+      // printed is its output.
+      answered = prompts;
+      if (BAD_PASSWORD.test(output)) stdin.abort();
     },
   });
   const scrub = (s: string) =>
