@@ -30,6 +30,12 @@ export interface ClusterViewOptions {
 
 /** Change-driven adverts of one agent are at least this far apart (ms). */
 const ADVERT_MIN_GAP_MS = 50;
+/**
+ * Advert periods without hearing any other node after which this agent counts itself cut off
+ * from its peers (for self-fencing); every node adverts each period, so a live mesh is never
+ * this quiet.
+ */
+const GOSSIP_SILENCE = 2.5;
 
 /**
  * The agent's view of the cluster: its libp2p mesh (adverts, assignments), membership (alive,
@@ -57,6 +63,8 @@ export class ClusterView {
   private readAt = -Infinity;
   /** Whether a peer was ever connected (a node that never had one cannot be cut off). */
   private everConnected = false;
+  /** When an advert of another node was last accepted (monotonic ms). */
+  private lastPeerAdvertAt: number | null = null;
   private readonly dead = new Set<string>();
 
   constructor(private readonly o: ClusterViewOptions) {
@@ -66,6 +74,7 @@ export class ClusterView {
       listen: o.listen,
       bootstrap: m.bootstrap,
       clusterKey: m.clusterKey,
+      maxDialPeers: m.dialPeers,
       log: o.log.child({ component: 'mesh' }),
     });
     this.membership = new Membership({
@@ -75,9 +84,17 @@ export class ClusterView {
     this.registry = new NodeRegistry(o.db, o.config.schema);
     this.mesh.on('advert', (a) => {
       if (a.node === o.node && a.agentId === o.agentId) return;
+      const before = this.membership.lastAdvert(a.node);
       const verdict = this.membership.observeAdvert(a);
-      if (verdict === 'stale') o.onDropped?.('stale');
-      else if (a.workers.some((w) => w.freeSlots > 0)) o.onChange();
+      if (verdict === 'stale') {
+        o.onDropped?.('stale');
+        return;
+      }
+      this.lastPeerAdvertAt = performance.now();
+      // A dispatch round when a node offers more than before (or is new), not on every advert:
+      // in a large cluster adverts arrive by the dozen each second.
+      if (freeSlots(a) > (before && before.agentId === a.agentId ? freeSlots(before) : 0))
+        o.onChange();
     });
     this.mesh.on('assignment', (msg: AssignmentMessage) => {
       const mine = msg.workers.filter((w) => w.id.startsWith(`${o.node}.`)).map((w) => w.id);
@@ -204,10 +221,12 @@ export class ClusterView {
     this.records = await this.registry.listNodes(this.o.config.name);
     this.readAt = performance.now();
     this.membership.observeRegistry(this.records);
-    const addrs = this.records
-      .filter((r) => r.name !== this.o.node && r.stoppedAt === null)
-      .flatMap((r) => r.addresses);
-    this.mesh.dialKnown(addrs);
+    const others = this.records.filter((r) => r.name !== this.o.node && r.stoppedAt === null);
+    const stale = others.filter((r) => r.heartbeatAgeMs > this.o.config.mesh.nodeDeadAfterMs);
+    this.mesh.dialKnown(
+      others.flatMap((r) => r.addresses),
+      new Set(stale.flatMap((r) => (r.peerId === null ? [] : [r.peerId]))),
+    );
     this.checkDeaths();
   }
 
@@ -240,11 +259,19 @@ export class ClusterView {
     return performance.now() - this.readAt < 2 * this.o.config.mesh.heartbeatIntervalMs;
   }
 
-  /** Whether this agent has peers now, or had some before and lost them all. */
+  /**
+   * Whether this agent had peers and is now cut off from them: no connection left, or no advert
+   * of any other node heard for GOSSIP_SILENCE advert periods. Others judge this node by its
+   * adverts, so gossip silence is what matters; it also shows a link that is down but not yet
+   * closed (libp2p notices that only at its next ping).
+   */
   peersLost(peers: number): boolean {
     if (peers > 0) this.everConnected = true;
+    const silence = GOSSIP_SILENCE * this.o.config.mesh.advertIntervalMs;
+    const silent =
+      this.lastPeerAdvertAt !== null && performance.now() - this.lastPeerAdvertAt > silence;
 
-    return this.everConnected && peers === 0;
+    return this.everConnected && (peers === 0 || silent);
   }
 
   /** ms since the send time of the last registry heartbeat that succeeded. */
@@ -293,4 +320,8 @@ export class ClusterView {
       .catch((err) => this.o.log.warn({ err }, 'could not mark the node stopped'));
     await this.mesh.stop();
   }
+}
+
+function freeSlots(a: CapacityAdvert): number {
+  return a.workers.reduce((n, w) => n + w.freeSlots, 0);
 }

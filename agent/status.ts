@@ -116,5 +116,6 @@ export async function buildStatus(i: StatusInput): Promise<ClusterStatus> {
     },
     jobs,
     dropped: { ...stats.dropped },
+    gossip: { received: stats.received, published: stats.published },
   };
 }

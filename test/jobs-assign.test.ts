@@ -18,21 +18,26 @@ const tasks = (table: string, n: number) =>
 function sampler(pool: import('pg').Pool) {
   const samples: Record<string, number>[] = [];
   let on = true;
+  const sample = async () => {
+    const a = await assignments(pool);
+    const per: Record<string, number> = {};
+    for (const j of Object.values(a)) if (j) per[j] = (per[j] ?? 0) + 1;
+    samples.push(per);
+  };
   const done = (async () => {
     while (on) {
-      const a = await assignments(pool);
-      const per: Record<string, number> = {};
-      for (const j of Object.values(a)) if (j) per[j] = (per[j] ?? 0) + 1;
-      samples.push(per);
+      await sample();
       await new Promise((r) => setTimeout(r, 50));
     }
   })();
 
   return {
     samples,
+    /** Stops, with a last sample taken after the loop's (a query in flight may predate it). */
     async stop() {
       on = false;
       await done;
+      await sample();
     },
   };
 }

@@ -83,7 +83,9 @@ describe('standalone processes', { concurrency: false }, () => {
       assert.ok(ticks.rows.length >= 3);
       for (const t of ticks.rows) {
         assert.equal(t.overlap, false);
-        assert.ok(t.gap >= 0.95, `start to start: ${t.gap}`);
+        // t_start is written by the run's own process once it has booted: under load that
+        // takes a varying few tens of ms, so two starts 1 s apart can read a little closer.
+        assert.ok(t.gap >= 0.8, `start to start: ${t.gap}`);
       }
 
       // The holder goes: the tick moves to the other node, still one at a time.

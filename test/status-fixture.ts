@@ -105,5 +105,6 @@ export function clusterStatus(now = Date.now()): ClusterStatus {
       },
     ],
     dropped: { invalid: 2, oversized: 1 },
+    gossip: { received: 120, published: 14 },
   };
 }

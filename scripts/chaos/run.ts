@@ -189,10 +189,12 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
     let lastClosed = 0;
 
     // SIGSTOP of the dispatcher's agent process (not its workers), held past the lease ttl.
-    const doPause = async (): Promise<void> => {
+    // Returns false, to be tried again shortly, while no live agent holds the lease (the holder
+    // was just killed, say).
+    const doPause = async (): Promise<boolean> => {
       const h = await holder();
       const run = h ? f.byAgentId(h.holder) : undefined;
-      if (!h || !run || run.diedAt !== null) return;
+      if (!h || !run || run.diedAt !== null) return false;
       pausedNode = run.node;
       const stopAt = Date.now();
       process.kill(run.pid, 'SIGSTOP');
@@ -210,6 +212,8 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
       say(
         `SIGSTOP ${h.holder} (epoch ${h.epoch}) for ${contAt - stopAt} ms; take-over: ${takeover ? `${takeover.holder} epoch ${takeover.epoch} after ${takeover.at - stopAt} ms` : 'none'}`,
       );
+
+      return true;
     };
     const doRestart = async (): Promise<void> => {
       say('restarting PostgreSQL (fast shutdown)');
@@ -232,8 +236,7 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
         if (done) break;
         const frac = lastClosed / o.tasks;
         if (!paused && frac >= 0.25) {
-          paused = true;
-          await doPause();
+          paused = await doPause();
           continue;
         }
         if (!restarted && paused && frac >= 0.5) {

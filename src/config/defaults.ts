@@ -43,6 +43,12 @@ export const Defaults = {
   nodeDeadAfterMs: 5000,
   /** Registry heartbeat period (ms). */
   heartbeatIntervalMs: 1000,
+  /**
+   * Registry peers each agent dials at most (mesh.dialPeers). Two of them are its neighbours on
+   * a ring of peer ids, which keeps the whole mesh connected; with a few more per node, each has
+   * about twice this many connections, whatever the cluster's size.
+   */
+  dialPeers: 5,
   /** Status port (TCP) and bind address. */
   statusPort: 8787,
   statusHost: '127.0.0.1',

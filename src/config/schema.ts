@@ -291,6 +291,8 @@ export const MeshSchema = z
     advertTtlMs: positiveInt.default(Defaults.advertTtlMs),
     nodeDeadAfterMs: positiveInt.default(Defaults.nodeDeadAfterMs),
     heartbeatIntervalMs: positiveInt.default(Defaults.heartbeatIntervalMs),
+    /** Registry peers each agent dials at most; the others connect to it or reach it by gossip. */
+    dialPeers: z.number().int().min(2).default(Defaults.dialPeers),
   })
   .strict();
 

@@ -1,5 +1,6 @@
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import type { Logger } from '../log.js';
+import { rankPeers } from './peer-choice.js';
 
 /**
  * Keeps this node connected to every peer it knows of: the configured bootstrap addresses and
@@ -9,6 +10,11 @@ import type { Logger } from '../log.js';
  *
  * A target that is not connected is dialed at once, then again after 250 ms, 500 ms, 1 s, …,
  * at most every MAX_RETRY_MS; a successful connection resets the delay.
+ *
+ * In a large cluster a node dials only `maxKnownPeers` of the registry's peers (chosen by
+ * peer-choice.ts, so that the connections of all nodes form one connected graph); others reach
+ * it by dialing it, and gossip crosses the rest. A chosen peer that keeps failing does not use
+ * up a place: the next one in rank is dialed too.
  */
 
 /** First retry delay after a failed dial (ms); doubles per failure. */
@@ -17,6 +23,8 @@ export const FIRST_RETRY_MS = 250;
 export const MAX_RETRY_MS = 5000;
 /** A dial that has not connected after this long counts as failed (ms). */
 export const DIAL_TIMEOUT_MS = 5000;
+/** A chosen peer with this many failed dials in a row no longer uses up a place. */
+const FAILING_AFTER = 2;
 
 export interface DialerOptions {
   /** Dials all addresses of one peer; resolves with the remote peer id. */
@@ -27,6 +35,8 @@ export interface DialerOptions {
   log: Logger;
   /** Monotonic clock (ms); performance.now() by default. */
   now?: () => number;
+  /** Registry peers dialed at most (bootstrap addresses are always dialed); all by default. */
+  maxKnownPeers?: number;
 }
 
 export interface DialTarget {
@@ -36,6 +46,8 @@ export interface DialTarget {
   source: 'bootstrap' | 'known';
   failures: number;
   connected: boolean;
+  /** Whether the dialer currently dials it (bootstrap, or a registry peer within the budget). */
+  chosen: boolean;
 }
 
 interface Target {
@@ -54,6 +66,8 @@ export class Dialer {
   private readonly log: Logger;
   private bootstrap = new Map<string, Target>();
   private known = new Map<string, Target>();
+  /** Keys of `known`, best first (see peer-choice.ts). */
+  private order: string[] = [];
   private readonly badAddrs = new Set<string>();
   private stopped = false;
   private readonly pending = new Set<AbortController>();
@@ -68,9 +82,20 @@ export class Dialer {
     this.bootstrap = this.merge(this.bootstrap, addrs, 'bootstrap');
   }
 
-  /** Replaces the registry-provided addresses; peers no longer listed are no longer dialed. */
-  setKnown(addrs: readonly string[]): void {
+  /**
+   * Replaces the registry-provided addresses; peers no longer listed are no longer dialed.
+   * `stale` holds the peer ids whose registry heartbeat is old: they are chosen last.
+   */
+  setKnown(addrs: readonly string[], stale: ReadonlySet<string> = new Set()): void {
     this.known = this.merge(this.known, addrs, 'known');
+    const byPeer = new Map<string, string>();
+    const anonymous: string[] = [];
+    for (const [key, t] of this.known) {
+      if (t.peerId === null) anonymous.push(key);
+      else byPeer.set(t.peerId, key);
+    }
+    const ranked = rankPeers(this.options.selfPeerId, [...byPeer.keys()], stale);
+    this.order = [...ranked.map((p) => byPeer.get(p)!), ...anonymous];
   }
 
   /** A peer connected (by anyone's dial): its next disconnect is retried without delay. */
@@ -88,7 +113,7 @@ export class Dialer {
     if (this.stopped) return;
 
     const now = this.now();
-    for (const target of this.all()) {
+    for (const target of this.chosen()) {
       if (target.dialing || now < target.nextDialAt) continue;
       if (target.peerId !== null && this.options.isConnected(target.peerId)) continue;
       void this.dial(target);
@@ -103,13 +128,32 @@ export class Dialer {
   }
 
   targets(): DialTarget[] {
+    const chosen = new Set(this.chosen());
+
     return this.all().map((t) => ({
       peerId: t.peerId,
       addrs: t.addrs.map((a) => a.toString()),
       source: t.source,
       failures: t.failures,
       connected: t.peerId !== null && this.options.isConnected(t.peerId),
+      chosen: chosen.has(t),
     }));
+  }
+
+  /** Bootstrap targets, then registry peers in rank until the budget is used. */
+  private chosen(): Target[] {
+    const out = [...this.bootstrap.values()];
+    const max = this.options.maxKnownPeers ?? Infinity;
+    let used = 0;
+    for (const key of this.order) {
+      if (used >= max) break;
+      const target = this.known.get(key);
+      if (!target || this.bootstrap.has(key)) continue;
+      out.push(target);
+      if (target.failures < FAILING_AFTER) used += 1;
+    }
+
+    return out;
   }
 
   private all(): Target[] {

@@ -13,6 +13,9 @@ import type { CapacityAdvert } from './types.js';
  *   nodeDeadAfterMs (or absent); or the registry says the agent stopped cleanly.
  */
 
+/** Gossip copies of an advert sent before a connection dropped arrive within this (ms). */
+const GOSSIP_IN_FLIGHT_MS = 500;
+
 export type NodeState = 'alive' | 'suspect' | 'dead';
 
 export type AdvertVerdict = 'accepted' | 'stale';
@@ -71,7 +74,8 @@ export class Membership {
   private readonly now: () => number;
   private readonly adverts = new Map<string, AdvertEntry>();
   private readonly registry = new Map<string, RegistryEntry>();
-  private readonly connections = new Map<string, boolean>();
+  /** Per peer id: whether the connection is up, and since when (monotonic ms). */
+  private readonly connections = new Map<string, { up: boolean; at: number }>();
   private readonly seqs = new Map<string, SeqEntry>();
 
   constructor(options: MembershipOptions) {
@@ -97,11 +101,11 @@ export class Membership {
   }
 
   peerConnected(peerId: string): void {
-    this.connections.set(peerId, true);
+    this.connections.set(peerId, { up: true, at: this.now() });
   }
 
   peerDisconnected(peerId: string): void {
-    this.connections.set(peerId, false);
+    this.connections.set(peerId, { up: false, at: this.now() });
   }
 
   /** Replaces the registry view with a fresh read of the nodes table. */
@@ -121,6 +125,11 @@ export class Membership {
 
   state(node: string): NodeState {
     return this.view(node, this.now()).state;
+  }
+
+  /** The last advert accepted from a node, however old. */
+  lastAdvert(node: string): CapacityAdvert | undefined {
+    return this.adverts.get(node)?.advert;
   }
 
   /** Adverts younger than advertTtlMs from nodes that are not draining, ordered by node. */
@@ -151,7 +160,13 @@ export class Membership {
     const reg = this.registry.get(node);
     const advertAgeMs = entry ? now - entry.receivedAt : null;
     const heartbeatAgeMs = reg ? reg.row.heartbeatAgeMs + (now - reg.observedAt) : null;
-    const connected = entry ? (this.connections.get(entry.advert.peerId) ?? null) : null;
+    const link = entry ? this.connections.get(entry.advert.peerId) : undefined;
+    const connected = link ? link.up : null;
+    // In a large cluster a node is not connected to every peer: an advert that arrived through
+    // gossip after the direct connection went down shows the node alive all the same; copies
+    // still in flight when a node dies arrive within moments, hence the margin.
+    const heardSinceDrop =
+      link !== undefined && !link.up && entry!.receivedAt > link.at + GOSSIP_IN_FLIGHT_MS;
 
     const advertFresh = advertAgeMs !== null && advertAgeMs < this.advertTtlMs;
     const registryFresh = heartbeatAgeMs !== null && heartbeatAgeMs < this.nodeDeadAfterMs;
@@ -163,7 +178,7 @@ export class Membership {
 
     let state: NodeState;
     if (stopped) state = 'dead';
-    else if (advertFresh && connected !== false) state = 'alive';
+    else if (advertFresh && (connected !== false || heardSinceDrop)) state = 'alive';
     // Gossip silent or the connection gone, and the registry stale too: dead. A fresh registry
     // heartbeat keeps a node it cannot hear merely suspect (gossip loss alone proves nothing).
     else if (registryFresh) state = 'suspect';

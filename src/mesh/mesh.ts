@@ -46,6 +46,8 @@ export interface MeshOptions {
   clusterKey?: string;
   /** Identity; generated once per Mesh instance when absent (kept across stop/start). */
   privateKey?: PrivateKey;
+  /** Registry peers this node dials at most (see dialer.ts); all of them by default. */
+  maxDialPeers?: number;
   log?: Logger;
 }
 
@@ -94,6 +96,7 @@ export class Mesh extends EventEmitter<MeshEvents> {
   private timer: NodeJS.Timeout | undefined;
   private starting: Promise<void> | undefined;
   private known: string[] = [];
+  private staleKnown: ReadonlySet<string> = new Set();
   private readonly decoded = new WeakMap<Message, Accepted>();
   private readonly dropped = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<
     DropReason,
@@ -160,11 +163,13 @@ export class Mesh extends EventEmitter<MeshEvents> {
 
   /**
    * Addresses of the other agents (from the node registry), replacing the previous list. They
-   * are dialed at once and re-dialed while disconnected, backing off to one try per 5 s.
+   * are dialed at once and re-dialed while disconnected, backing off to one try per 5 s; beyond
+   * maxDialPeers only the best-ranked are (peers in `stale`, with an old heartbeat, rank last).
    */
-  dialKnown(addrs: readonly string[]): void {
+  dialKnown(addrs: readonly string[], stale: ReadonlySet<string> = new Set()): void {
     this.known = [...addrs];
-    this.dialer?.setKnown(this.known);
+    this.staleKnown = stale;
+    this.dialer?.setKnown(this.known, this.staleKnown);
     this.dialer?.tick();
   }
 
@@ -229,10 +234,11 @@ export class Mesh extends EventEmitter<MeshEvents> {
       dial: async (addrs, signal) => (await node.dial(addrs, { signal })).remotePeer.toString(),
       isConnected: (peerId) => this.isConnected(peerId),
       selfPeerId: node.peerId.toString(),
+      maxKnownPeers: this.options.maxDialPeers,
       log: this.log,
     });
     this.dialer.setBootstrap(this.options.bootstrap ?? []);
-    this.dialer.setKnown(this.known);
+    this.dialer.setKnown(this.known, this.staleKnown);
     this.timer = setInterval(() => this.tick(), REDIAL_TICK_MS);
     this.timer.unref();
     this.tick();

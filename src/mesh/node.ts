@@ -16,12 +16,20 @@ import { clusterKeyToPsk } from './key.js';
  * reconnect retries within 30 ms.
  */
 export const MeshNodeTuning = {
-  /** Ping every connection this often (ms); a silent peer is dropped after about 3 s. */
-  pingIntervalMs: 2000,
-  /** Shortest ping timeout (ms); the adaptive timeout grows from here on slow links. */
-  pingMinTimeoutMs: 1000,
+  /**
+   * Ping every connection this often (ms); a frozen peer is dropped within about 8 s. Each ping
+   * opens a stream, which costs more than an advert, and a node has a dozen connections; a
+   * dead or cut-off node is told by its silence on gossip (adverts every second), not by pings.
+   */
+  pingIntervalMs: 5000,
+  /**
+   * Shortest ping timeout (ms); the adaptive timeout grows from here on slow links. Short ones
+   * closed healthy connections of busy agents (30 on one 2-core host), whose re-dials made
+   * them busier still.
+   */
+  pingMinTimeoutMs: 3000,
   /** Longest ping timeout (ms). */
-  pingMaxTimeoutMs: 5000,
+  pingMaxTimeoutMs: 10000,
   /** libp2p re-dials a KEEP_ALIVE peer this many times after it disconnects. */
   reconnectRetries: 8,
   /** First re-dial delay (ms), multiplied by reconnectBackoffFactor per try. */
@@ -34,6 +42,21 @@ export const MeshNodeTuning = {
   inboundConnectionThreshold: 200,
   /** Inbound connections still in their handshake at once (default 10). */
   maxIncomingPendingConnections: 100,
+  /**
+   * Gossipsub mesh degree (default 6), with its low and high marks and the number of peers sent
+   * gossip about recent messages each heartbeat. Every node receives each message about D times
+   * and every node publishes an advert each second, so the mesh's cost grows with D × the number
+   * of nodes; 4 still leaves each node several disjoint paths.
+   */
+  gossipD: 4,
+  gossipDlo: 3,
+  gossipDhi: 8,
+  gossipDlazy: 4,
+  /**
+   * IDONTWANT notices (gossipsub 1.2) are sent for messages at least this big. They pay off for
+   * large messages; for adverts of a few hundred bytes they would double the traffic.
+   */
+  idontwantMinDataSize: 64 * 1024,
 } as const;
 
 export interface MeshNodeOptions {
@@ -90,6 +113,18 @@ export async function createMeshNode(options: MeshNodeOptions): Promise<MeshNode
         globalSignaturePolicy: 'StrictSign',
         allowPublishToZeroTopicPeers: true,
         emitSelf: false,
+        D: t.gossipD,
+        Dlo: t.gossipDlo,
+        Dhi: t.gossipDhi,
+        Dlazy: t.gossipDlazy,
+        idontwantMinDataSize: t.idontwantMinDataSize,
+        // Peer scoring defends public networks against strangers. Its IP colocation penalty
+        // scores down every peer beyond the tenth from one address and graylists them a few
+        // peers later (agents sharing a host or a NAT address stopped hearing each other); its
+        // behaviour penalty graylists a peer after a few late IWANT answers, which a busy agent
+        // gives. Members of a Pampa cluster are its own machines (with a cluster key, only
+        // those), so neither applies.
+        scoreParams: { IPColocationFactorWeight: 0, behaviourPenaltyWeight: 0 },
       }),
     },
   });

@@ -20,6 +20,8 @@ export interface ClusterStatus {
   jobs: JobStatus[];
   /** Gossip messages dropped by this agent, by reason. */
   dropped: Record<string, number>;
+  /** Valid gossip messages this agent received, and messages it published, since it started. */
+  gossip: { received: number; published: number };
 }
 
 export interface NodeStatus {

@@ -11,7 +11,7 @@ export const CLUSTER = 'gossip-test';
 export const LOOPBACK = ['/ip4/127.0.0.1/tcp/0'];
 export const log = pino({ level: process.env.PAMPA_LOG_LEVEL ?? 'silent' });
 
-/** A mesh plus what a real agent does with it: advertise every 200 ms, remember who it heard. */
+/** A mesh plus what a real agent does with it: advertise (every 200 ms), remember who it heard. */
 export class TestAgent {
   readonly mesh: Mesh;
   /** node name → performance.now() of the last advert received from it. */
@@ -23,6 +23,7 @@ export class TestAgent {
   constructor(
     readonly node: string,
     options: Partial<MeshOptions> = {},
+    private readonly advertEveryMs = 200,
   ) {
     this.mesh = new Mesh({ cluster: CLUSTER, listen: LOOPBACK, log, ...options });
     this.mesh.on('advert', (a) => this.heard.set(a.node, performance.now()));
@@ -31,7 +32,7 @@ export class TestAgent {
 
   async start(): Promise<this> {
     await this.mesh.start();
-    this.timer = setInterval(() => void this.mesh.publishAdvert(this.advert()), 200);
+    this.timer = setInterval(() => void this.mesh.publishAdvert(this.advert()), this.advertEveryMs);
     void this.mesh.publishAdvert(this.advert());
 
     return this;
