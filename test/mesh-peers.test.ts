@@ -177,12 +177,16 @@ describe('a mesh of 16 agents on one address', () => {
       for (let i = 0; i < 16; i++) agents.push(await new TestAgent(`n${i}`, {}, 1000).start());
       const all = agents.flatMap((a) => a.mesh.multiaddrs());
       for (const a of agents) a.mesh.dialKnown(all);
-      await waitFor('full connectivity', () => agents.every((a) => a.connected.size >= 15), 60_000);
+      await waitFor(
+        'full connectivity',
+        () => agents.every((a) => a.connected.size >= 15),
+        150_000,
+      );
       const since = performance.now();
       await waitFor(
         'adverts from every peer after connecting',
         () => othersHeard(agents, since),
-        60_000,
+        120_000,
       );
     },
   );

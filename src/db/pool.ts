@@ -31,6 +31,15 @@ export function createPool(options: PoolOptions): pg.Pool {
       'idle database connection lost',
     ),
   );
+  // pg-pool listens for a client's errors only while it is idle. A connection killed while its
+  // client is checked out but between queries (pg_terminate_backend, seen in S10) would emit
+  // 'error' with no listener and kill the process; its next query fails instead, as a
+  // transient error the caller retries, and the pool drops the client on release.
+  pool.on('connect', (client) => {
+    client.on('error', (err) =>
+      options.log.debug({ err: { message: err.message } }, 'database connection lost in use'),
+    );
+  });
 
   return pool;
 }
