@@ -8,6 +8,7 @@ import {
   startAgent,
   stopAgent,
   waitFor,
+  waitHeard,
   type AgentProcess,
 } from './harness.js';
 
@@ -37,6 +38,7 @@ export async function benchDeadNode(
     // x2 has a spare worker, so the figure is detection + relaunch + start, not queueing.
     agents.set('x1', startAgent(CONFIG, 'x1', dbh.url, ['--workers', '1'], env));
     agents.set('x2', startAgent(CONFIG, 'x2', dbh.url, ['--workers', '2'], env));
+    await waitHeard(db, ['x1', 'x2']);
     for (let k = 0; k < rounds; k++) {
       await db.query('INSERT INTO bench_tasks SELECT FROM generate_series(1, 3)');
       const running = await waitFor(
@@ -77,8 +79,8 @@ export async function benchDeadNode(
         60_000,
         50,
       );
-      // Let its adverts reach x2, so the next round's tasks are spread over both nodes.
-      await new Promise((r) => setTimeout(r, 1500));
+      // Its adverts reach x2 (and x2's reach it) before the next round's tasks.
+      await waitHeard(db, ['x1', 'x2']);
     }
 
     return { rounds, medianMs: percentile(samples, 50), worstMs: Math.max(...samples), samples };

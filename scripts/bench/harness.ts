@@ -146,3 +146,34 @@ export function report(
   const w = Math.max(...rows.map(([k]) => k.length));
   for (const [k, v] of rows) process.stdout.write(`  ${k.padEnd(w)}  ${v}\n`);
 }
+
+/**
+ * Waits until each of the named agents' `/status` shows every one of them alive: they hear each
+ * other's adverts. (A node killed before anyone heard it is judged by a stricter rule, so a
+ * figure about deaths must not start earlier.)
+ */
+export async function waitHeard(db: pg.Pool, names: string[], timeoutMs = 60_000): Promise<void> {
+  await waitFor(
+    `${names.join(', ')} to hear each other`,
+    async () => {
+      // The registry table appears once the first agent has migrated.
+      const r = await db
+        .query<{ status_url: string | null }>(
+          'SELECT status_url FROM pampa.nodes WHERE name = ANY($1) AND stopped_at IS NULL',
+          [names],
+        )
+        .catch(() => ({ rows: [] }));
+      if (r.rows.length < names.length) return false;
+      for (const { status_url: url } of r.rows) {
+        const res = url ? await fetch(`${url}/status`).catch(() => null) : null;
+        if (!res?.ok) return false;
+        const s = (await res.json()) as { nodes: { name: string; state: string }[] };
+        if (!names.every((n) => s.nodes.some((x) => x.name === n && x.state === 'alive')))
+          return false;
+      }
+      return true;
+    },
+    timeoutMs,
+    100,
+  );
+}
