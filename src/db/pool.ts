@@ -25,12 +25,12 @@ export function createPool(options: PoolOptions): pg.Pool {
     connectionTimeoutMillis: 5000,
     keepAlive: true,
   });
-  pool.on('error', (err) =>
-    options.log.warn(
-      { err: { message: err.message, code: (err as { code?: string }).code } },
-      'idle database connection lost',
-    ),
-  );
+  pool.on('error', (err) => {
+    const code = (err as { code?: string }).code;
+    // 57P01: the server is shutting down (or an admin ended the session); the pool reconnects.
+    const level = code === '57P01' ? 'info' : 'warn';
+    options.log[level]({ err: { message: err.message, code } }, 'idle database connection lost');
+  });
   // pg-pool listens for a client's errors only while it is idle. A connection killed while its
   // client is checked out but between queries (pg_terminate_backend, seen in S10) would emit
   // 'error' with no listener and kill the process; its next query fails instead, as a
