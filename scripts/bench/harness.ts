@@ -147,6 +147,15 @@ export function report(
   for (const [k, v] of rows) process.stdout.write(`  ${k.padEnd(w)}  ${v}\n`);
 }
 
+/** An agent's `/status` (the nodes of its view), or null when it does not answer. */
+export async function agentStatus(
+  url: string,
+): Promise<{ nodes: { name: string; state: string }[] } | null> {
+  const res = await fetch(`${url}/status`).catch(() => null);
+
+  return res?.ok ? ((await res.json()) as { nodes: { name: string; state: string }[] }) : null;
+}
+
 /**
  * Waits until each of the named agents' `/status` shows every one of them alive: they hear each
  * other's adverts. (A node killed before anyone heard it is judged by a stricter rule, so a
@@ -165,10 +174,8 @@ export async function waitHeard(db: pg.Pool, names: string[], timeoutMs = 60_000
         .catch(() => ({ rows: [] }));
       if (r.rows.length < names.length) return false;
       for (const { status_url: url } of r.rows) {
-        const res = url ? await fetch(`${url}/status`).catch(() => null) : null;
-        if (!res?.ok) return false;
-        const s = (await res.json()) as { nodes: { name: string; state: string }[] };
-        if (!names.every((n) => s.nodes.some((x) => x.name === n && x.state === 'alive')))
+        const s = url ? await agentStatus(url) : null;
+        if (!s || !names.every((n) => s.nodes.some((x) => x.name === n && x.state === 'alive')))
           return false;
       }
       return true;

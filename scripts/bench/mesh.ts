@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import {
+  agentStatus,
   benchDatabase,
   client,
   resetBenchTables,
@@ -44,10 +45,6 @@ export async function benchMesh(
       200,
     );
     const urls = registered.map((r) => r.status_url);
-    const status = async (url: string) => {
-      const res = await fetch(`${url}/status`).catch(() => null);
-      return res?.ok ? ((await res.json()) as { nodes: { name: string; state: string }[] }) : null;
-    };
     // Formed: every agent has heard every other one through gossip (all n nodes 'alive' in its
     // view), each timed on its own, read every 2 s (a status read costs the agent CPU too). On
     // a small machine 30 agents keep both cores busy and an advert may come late, so a node can
@@ -60,7 +57,7 @@ export async function benchMesh(
         await Promise.all(
           urls.map(async (u) => {
             if (formedAt.has(u)) return;
-            const s = await status(u);
+            const s = await agentStatus(u);
             const alive = s ? s.nodes.filter((x) => x.state === 'alive').length : 0;
             if (alive >= n) formedAt.set(u, performance.now());
           }),
@@ -76,7 +73,7 @@ export async function benchMesh(
     const leaving = agents.pop()!;
     const t1 = performance.now();
     await stopAgent(leaving, 'SIGTERM');
-    const left = (s: Awaited<ReturnType<typeof status>>) =>
+    const left = (s: Awaited<ReturnType<typeof agentStatus>>) =>
       s !== null && s.nodes.every((x) => x.name !== leaving.name || x.state !== 'alive');
     const rest = registered.filter((r) => r.name !== leaving.name).map((r) => r.status_url);
     const seenAt = new Map<string, number>();
@@ -85,7 +82,7 @@ export async function benchMesh(
       async () => {
         await Promise.all(
           rest.map(async (u) => {
-            if (!seenAt.has(u) && left(await status(u))) seenAt.set(u, performance.now());
+            if (!seenAt.has(u) && left(await agentStatus(u))) seenAt.set(u, performance.now());
           }),
         );
         return seenAt.size === rest.length;
