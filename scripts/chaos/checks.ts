@@ -11,6 +11,8 @@ export interface RunFacts {
   upAt: number | null;
   code: number | null;
   signal: string | null;
+  /** Worker processes of the run that died, by the agent's log (its time: when it noticed). */
+  workerDeaths: { at: number; worker: string }[];
 }
 
 export interface PauseFacts {
@@ -163,9 +165,20 @@ export async function runChecks(
   const agentOf = (app: string) => app.split('/')[0];
   const nodeOfWorker = (w: string | null) => (w ?? '').split('.')[0];
   /** The time the execution's agent run died, when it died without a clean stop. */
+  /**
+   * When an open execution ended at the latest: its worker process's first death after its
+   * start (a worker that stops by itself, e.g. its agent silent, leaves the record open), or its
+   * agent run's death when it died without a clean stop.
+   */
   const lostAt = (e: ExecRow): number | null => {
     const r = runsById.get(agentOf(e.app));
-    if (!r || r.diedAt === null || r.cause === 'stopped') return null;
+    if (!r) return null;
+    const worker = e.app.split('/')[1];
+    const workerDeath = r.workerDeaths.find(
+      (d) => d.worker === worker && d.at >= e.t_start.getTime(),
+    );
+    if (workerDeath && !e.t_end) return workerDeath.at;
+    if (r.diedAt === null || r.cause === 'stopped') return null;
 
     return r.diedAt;
   };
@@ -215,7 +228,13 @@ export async function runChecks(
         continue;
       }
       if (lost !== null) {
-        c.count(run.cause === 'killed' ? 'open, agent killed' : 'open, agent exited by itself');
+        const label =
+          lost !== run.diedAt
+            ? 'open, worker process died'
+            : run.cause === 'killed'
+              ? 'open, agent killed'
+              : 'open, agent exited by itself';
+        c.count(label);
         continue;
       }
       c.violation(
@@ -223,7 +242,9 @@ export async function runChecks(
         `exec ${e.id} task ${e.task_id} attempt ${e.attempt} app ${e.app} start ${iso(e.t_start)} (agent ${run.cause ?? 'running'})`,
       );
     }
-    out.push(c.result('every execution ended (t_end set) or was cut by its agent’s death'));
+    out.push(
+      c.result('every execution ended (t_end set) or was cut by its worker’s or agent’s death'),
+    );
   }
 
   // 3. No two executions of one task overlap, unless the first one's agent had been killed

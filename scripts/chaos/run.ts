@@ -308,6 +308,7 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
       upAt: r.upAt,
       code: r.code,
       signal: r.signal,
+      workerDeaths: r.workerDeaths.map((d) => ({ at: d.at, worker: d.worker })),
     }));
     const checks = await runChecks(db, {
       runs,
