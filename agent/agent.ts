@@ -18,6 +18,7 @@ import { StandaloneRunner } from '../src/worker/standalone.js';
 import { buildStatus, JobRates } from './status.js';
 import { ClusterView } from './cluster-view.js';
 import { NewTaskListener } from './listener.js';
+import { QueueCounts } from './queues.js';
 
 export interface AgentOptions {
   configPath: string;
@@ -53,11 +54,12 @@ export class Agent {
   private assignments = new Map<string, string | null>();
   private assignmentTimer: NodeJS.Timeout | undefined;
   private view!: ClusterView;
+  private queues!: QueueCounts;
   private status!: StatusServer;
   private statusUrl: string | null = null;
   private draining = false;
   private stopping: Promise<void> | undefined;
-  private readonly rates = new JobRates();
+  private rates!: JobRates;
   private readonly started: (() => Promise<void>)[] = [];
   private fenceTimer: NodeJS.Timeout | undefined;
   private fenced = false;
@@ -102,6 +104,7 @@ export class Agent {
 
     await migrate(this.db, c.schema);
     for (const job of c.jobs) this.tables.set(job.name, await inspectJobTable(this.db, job));
+    this.metrics.declareJobs(this.tables.keys());
 
     const count = this.workerCount();
     const workerIds = Array.from({ length: count }, (_, i) => `${this.node}.${i + 1}`);
@@ -127,7 +130,7 @@ export class Agent {
       log: this.log.child({ component: 'lease' }),
     });
     this.lease.on('elected', (epoch) => {
-      this.metrics.leaseChanged();
+      this.metrics.observeLease(this.agentId, epoch, this.agentId);
       this.metrics.setDispatcher(true, epoch);
       this.dispatcher.kick();
       void this.view?.advertise(true);
@@ -183,7 +186,7 @@ export class Agent {
         this.pool.assign(changes);
       },
       onRelaunched: (job, reason, n) => this.metrics.tasksRelaunched(job, reason, n),
-      onRound: (job, seconds) => this.metrics.observeReservation(job, seconds),
+      onRound: (job, seconds, n) => this.metrics.observeReservation(job, seconds, n),
       intervalMs: c.dispatchIntervalMs,
       relaunchScanMs: c.relaunchScanMs,
       log: this.log.child({ component: 'dispatcher' }),
@@ -209,8 +212,21 @@ export class Agent {
       },
       onChange: () => this.dispatcher.kick(),
       onDeath: () => this.dispatcher.scanNow(),
-      onDropped: (reason) => this.metrics.gossipDropped(reason),
     });
+    this.metrics.countDropsFrom(() => this.view.dropped());
+
+    this.queues = new QueueCounts({
+      db: this.db,
+      tables: this.tables,
+      workers: () => this.pool.ids(),
+      intervalMs: c.mesh.advertIntervalMs,
+      log: this.log.child({ component: 'queues' }),
+    });
+    this.queues.start();
+    this.started.push(async () => this.queues.stop());
+    this.rates = new JobRates({ db: this.db, tables: this.tables, sampleMs: 1000, windowMs: 10_000 });
+    this.rates.start();
+    this.started.push(async () => this.rates.stop());
 
     const st = c.status;
     const port =
@@ -307,6 +323,8 @@ export class Agent {
     const mesh = this.view.mesh.stats();
     this.metrics.setPeers(mesh.peers);
     this.metrics.setMeshSize(mesh.meshSize);
+    const lease = this.lease.status();
+    this.metrics.observeLease(lease.holder, lease.epoch, this.agentId);
     // Peers are noted on every check, so a node that loses its database and its peers in the
     // same instant (a partition) still knows it had some.
     const lost = this.view.peersLost(mesh.peers);
@@ -337,7 +355,7 @@ export class Agent {
       job: w.job,
       freeSlots:
         this.draining || w.pid === null || w.job === null || !w.responsive ? 0 : queueOf(w.job),
-      queued: 0,
+      queued: this.queues?.of(w.id) ?? 0,
       busy: w.busy,
       lastActivityAt: w.lastActivityAt,
       done: w.done,
@@ -398,6 +416,8 @@ export class Agent {
     await this.dispatcher?.stop();
     await this.standalone?.stop();
     clearInterval(this.assignmentTimer);
+    this.queues?.stop();
+    this.rates?.stop();
     await this.lease?.stop();
     await this.listener?.stop();
     await this.pool?.drain(this.config.shutdownGraceMs);

@@ -25,7 +25,6 @@ export interface ClusterViewOptions {
   onChange: () => void;
   /** A node was just declared dead: its tasks may be relaunched now. */
   onDeath: () => void;
-  onDropped?: (reason: string) => void;
 }
 
 /** Change-driven adverts of one agent are at least this far apart (ms). */
@@ -66,6 +65,8 @@ export class ClusterView {
   /** When an advert of another node was last accepted (monotonic ms). */
   private lastPeerAdvertAt: number | null = null;
   private readonly dead = new Set<string>();
+  /** Adverts dropped as older than one already seen from their node. */
+  private stale = 0;
 
   constructor(private readonly o: ClusterViewOptions) {
     const m = o.config.mesh;
@@ -87,7 +88,7 @@ export class ClusterView {
       const before = this.membership.lastAdvert(a.node);
       const verdict = this.membership.observeAdvert(a);
       if (verdict === 'stale') {
-        o.onDropped?.('stale');
+        this.stale += 1;
         return;
       }
       this.lastPeerAdvertAt = performance.now();
@@ -304,6 +305,11 @@ export class ClusterView {
     return this.records
       .filter((r) => r.name !== this.o.node && this.membership.state(r.name) === 'dead')
       .map((r) => r.name);
+  }
+
+  /** Gossip messages dropped, by reason: the mesh's (on receipt) and stale adverts. */
+  dropped(): Record<string, number> {
+    return { ...this.mesh.stats().dropped, stale: this.stale };
   }
 
   adverts(): CapacityAdvert[] {

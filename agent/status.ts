@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { ClusterConfig } from '../src/config/schema.js';
 import type { JobTable } from '../src/db/table.js';
-import type { JobCounters } from '../src/dispatch/statements.js';
+import { countTasks, type JobCounters } from '../src/dispatch/statements.js';
 import { jobCounters } from '../src/hooks/counters.js';
 import type { LeaseStatus } from '../src/lease/lease.js';
 import type { WorkerAdvert } from '../src/mesh/types.js';
@@ -9,22 +9,67 @@ import type { ClusterStatus, JobStatus, NodeStatus, WorkerStatus } from '../src/
 import { VERSION } from '../src/version.js';
 import type { ClusterView } from './cluster-view.js';
 
-/** Tasks per second per job, from the change of closed tasks between two status reads. */
+export interface JobRatesOptions {
+  db: pg.Pool;
+  tables: Map<string, JobTable>;
+  /** How often each job's closed tasks are counted (ms). */
+  sampleMs: number;
+  /** The window the rate is taken over (ms). */
+  windowMs: number;
+}
+
+/**
+ * Tasks per second per job: tasks closed (completed or failed, Pampa's own count, not the
+ * counter hooks') over the last windowMs, from counts this agent takes every sampleMs. The
+ * figure does not depend on who reads /status nor how often, so two peers show about the same
+ * rate (their samples differ by less than one sampling period). A count that fails is skipped.
+ */
 export class JobRates {
-  private last = new Map<string, { at: number; closed: number; rate: number }>();
+  private samples = new Map<string, { at: number; closed: number }[]>();
+  private timer: NodeJS.Timeout | undefined;
+  private sampling = false;
 
-  rate(job: string, closed: number): number {
-    const now = Date.now();
-    const prev = this.last.get(job);
-    if (!prev) {
-      this.last.set(job, { at: now, closed, rate: 0 });
-      return 0;
+  constructor(private readonly o: JobRatesOptions) {}
+
+  start(): void {
+    if (this.timer) return;
+    void this.sample();
+    this.timer = setInterval(() => void this.sample(), this.o.sampleMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private async sample(): Promise<void> {
+    if (this.sampling) return;
+    this.sampling = true;
+    try {
+      for (const [name, t] of this.o.tables) {
+        const c = await countTasks(this.o.db, t).catch(() => null);
+        if (!c) continue;
+        const now = performance.now();
+        const list = (this.samples.get(name) ?? []).filter(
+          (s) => now - s.at <= this.o.windowMs,
+        );
+        list.push({ at: now, closed: c.completed + c.failed });
+        this.samples.set(name, list);
+      }
+    } finally {
+      this.sampling = false;
     }
-    if (now - prev.at < 500) return prev.rate;
-    const rate = Math.max(0, ((closed - prev.closed) * 1000) / (now - prev.at));
-    this.last.set(job, { at: now, closed, rate });
+  }
 
-    return rate;
+  /** Tasks closed per second over the window; 0 until two samples were taken. */
+  rate(job: string): number {
+    const list = this.samples.get(job) ?? [];
+    if (list.length < 2) return 0;
+    const first = list[0];
+    const last = list[list.length - 1];
+
+    return Math.max(0, ((last.closed - first.closed) * 1000) / (last.at - first.at));
   }
 }
 
@@ -89,7 +134,7 @@ export async function buildStatus(i: StatusInput): Promise<ClusterStatus> {
       name,
       table: t.job.table,
       ...c,
-      tasksPerSecond: i.rates.rate(name, c.completed + c.failed),
+      tasksPerSecond: i.rates.rate(name),
     });
   }
 
@@ -115,7 +160,7 @@ export async function buildStatus(i: StatusInput): Promise<ClusterStatus> {
       secondsToExpiry: i.lease.msToExpiry === null ? null : Math.max(0, i.lease.msToExpiry / 1000),
     },
     jobs,
-    dropped: { ...stats.dropped },
+    dropped: i.view.dropped(),
     gossip: { received: stats.received, published: stats.published },
   };
 }

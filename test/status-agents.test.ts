@@ -17,7 +17,7 @@ import {
   writeQaConfig,
   type AgentProc,
 } from './helpers/agents.js';
-import { CHROMIUM, CHROMIUM_ARGS, CHROMIUM_MISSING } from './helpers/chromium.js';
+import { CHROMIUM, CHROMIUM_ARGS, skipWithoutChromium } from './helpers/chromium.js';
 
 /**
  * The status port of real agent processes (issue 5): two peers agree on the cluster, /metrics
@@ -41,7 +41,10 @@ async function getStatus(url: string): Promise<ClusterStatus> {
 function projection(s: ClusterStatus) {
   return {
     cluster: s.cluster,
-    nodes: s.nodes.map((n) => `${n.name} ${n.agentId} ${n.peerId} ${n.state}`).sort(),
+    nodes: s.nodes
+      .map((n) => `${n.name} ${n.agentId} ${n.peerId} ${n.version} ${n.state}`)
+      .sort(),
+    addresses: Object.fromEntries(s.nodes.map((n) => [n.name, [...n.addresses].sort()])),
     workers: s.workers.map((w) => `${w.id} ${w.node} ${w.job}`).sort(),
     dispatcher: {
       holder: s.dispatcher.holder,
@@ -353,12 +356,17 @@ describe('the status port of real agents', () => {
       assert.ok(closed > 0, `${name} ran no task`);
       assert.equal(sum(samples, 'pampa_tasks_succeeded_total'), closed, `${name}: succeeded`);
       assert.equal(sum(samples, 'pampa_tasks_started_total'), attempts, `${name}: started`);
-      assert.equal(sum(samples, 'pampa_tasks_failed_total'), 0, `${name}: failed`);
+      // Present at 0, not merely absent.
+      const failed = samples.filter(
+        (s) => s.name === 'pampa_tasks_failed_total' && s.labels.job === 'qa',
+      );
+      assert.equal(failed.length, 1, `${name}: /metrics lacks pampa_tasks_failed_total{job="qa"}`);
+      assert.equal(failed[0].value, 0, `${name}: failed`);
     }
   });
 
   it('the dashboard of a real agent shows every node and every job', async (t) => {
-    if (!browser) return t.skip(CHROMIUM_MISSING);
+    if (!browser) return skipWithoutChromium(t);
     const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
     const errors: string[] = [];
     page.on('pageerror', (err) => errors.push(err.message));

@@ -6,7 +6,7 @@ import { AgentMetrics } from '../src/status/metrics.js';
 import { StatusServer } from '../src/status/server.js';
 import type { ClusterStatus } from '../src/status/types.js';
 import { TOKEN, clusterStatus, silentLog } from './status-fixture.js';
-import { CHROMIUM, CHROMIUM_ARGS, CHROMIUM_MISSING } from './helpers/chromium.js';
+import { CHROMIUM, CHROMIUM_ARGS, skipWithoutChromium } from './helpers/chromium.js';
 
 let browser: Browser | undefined;
 let server: StatusServer;
@@ -49,7 +49,7 @@ async function open(b: Browser): Promise<{ page: Page; errors: string[] }> {
 }
 
 test('the dashboard shows every node, worker and job of the status', async (t) => {
-  if (!browser) return t.skip(CHROMIUM_MISSING);
+  if (!browser) return skipWithoutChromium(t);
   current = () => clusterStatus();
   const { page, errors } = await open(browser);
   const status = clusterStatus();
@@ -90,7 +90,7 @@ test('the dashboard shows every node, worker and job of the status', async (t) =
 });
 
 test('the dashboard follows the status every second and shows text as text', async (t) => {
-  if (!browser) return t.skip(CHROMIUM_MISSING);
+  if (!browser) return skipWithoutChromium(t);
   current = () => clusterStatus();
   const { page, errors } = await open(browser);
   await page.waitForSelector('[data-job="resize"]');
@@ -125,7 +125,7 @@ test('the dashboard follows the status every second and shows text as text', asy
 });
 
 test('without the token the dashboard page is refused', async (t) => {
-  if (!browser) return t.skip(CHROMIUM_MISSING);
+  if (!browser) return skipWithoutChromium(t);
   const page = await browser.newPage();
   const res = await page.goto(`${url}/`);
   assert.equal(res?.status(), 401);

@@ -155,14 +155,20 @@ describe('StatusServer routes', () => {
     metrics.tasksSucceeded('resize', 2);
     metrics.tasksFailed('resize');
     metrics.tasksRelaunched('resize', 'node_dead', 4);
-    metrics.observeReservation('resize', 0.03);
-    metrics.observeReservation('resize', 2);
-    metrics.leaseChanged();
+    metrics.observeReservation('resize', 0.03, 4);
+    metrics.observeReservation('resize', 2, 1);
+    // A round that reserved nothing is not a reservation.
+    metrics.observeReservation('resize', 0.5, 0);
+    // A lease held before this agent started is no change; a new holder and a new epoch are.
+    metrics.observeLease('a-1', 3, 'b-1');
+    metrics.observeLease('a-1', 3, 'b-1');
+    metrics.observeLease('b-1', 4, 'b-1');
+    metrics.observeLease('b-1', 5, 'b-1');
     metrics.setPeers(1);
     metrics.setMeshSize(2);
     metrics.setDispatcher(true, 7);
-    metrics.gossipDropped('invalid', 2);
-    metrics.gossipDropped('label "quoted" \\ and\nnewline');
+    let drops: Record<string, number> = { invalid: 2, 'label "quoted" \\ and\nnewline': 1 };
+    metrics.countDropsFrom(() => drops);
 
     const res = await fetch(`${url}/metrics`);
     assert.equal(res.status, 200);
@@ -170,7 +176,7 @@ describe('StatusServer routes', () => {
     const { types, samples } = parsePrometheus(await res.text());
 
     assert.equal(types.get('pampa_tasks_started_total'), 'counter');
-    assert.equal(types.get('pampa_reservation_latency_seconds'), 'histogram');
+    assert.equal(types.get('pampa_reservation_statement_seconds'), 'histogram');
     assert.equal(types.get('pampa_is_dispatcher'), 'gauge');
     assert.equal(types.get('process_cpu_user_seconds_total'), 'counter');
     assert.equal(sampleValue(samples, 'pampa_tasks_started_total', { job: 'resize' }), 3);
@@ -178,11 +184,11 @@ describe('StatusServer routes', () => {
     assert.equal(sampleValue(samples, 'pampa_tasks_failed_total', { job: 'resize' }), 1);
     const relaunched = { job: 'resize', reason: 'node_dead' };
     assert.equal(sampleValue(samples, 'pampa_tasks_relaunched_total', relaunched), 4);
-    const latency = 'pampa_reservation_latency_seconds';
+    const latency = 'pampa_reservation_statement_seconds';
     assert.equal(sampleValue(samples, `${latency}_count`, { job: 'resize' }), 2);
     assert.equal(sampleValue(samples, `${latency}_bucket`, { job: 'resize', le: '0.05' }), 1);
     assert.equal(sampleValue(samples, `${latency}_bucket`, { job: 'resize', le: '+Inf' }), 2);
-    assert.equal(sampleValue(samples, 'pampa_lease_changes_total'), 1);
+    assert.equal(sampleValue(samples, 'pampa_lease_changes_total'), 2);
     assert.equal(sampleValue(samples, 'pampa_peers'), 1);
     assert.equal(sampleValue(samples, 'pampa_mesh_size'), 2);
     assert.equal(sampleValue(samples, 'pampa_is_dispatcher'), 1);
@@ -190,6 +196,12 @@ describe('StatusServer routes', () => {
     assert.equal(sampleValue(samples, 'pampa_gossip_dropped_total', { reason: 'invalid' }), 2);
     const escaped = { reason: 'label \\"quoted\\" \\\\ and\\nnewline' };
     assert.equal(sampleValue(samples, 'pampa_gossip_dropped_total', escaped), 1);
+
+    // Each scrape reads the counts where they are kept.
+    drops = { invalid: 5, stale: 3 };
+    const again = parsePrometheus(await (await fetch(`${url}/metrics`)).text()).samples;
+    assert.equal(sampleValue(again, 'pampa_gossip_dropped_total', { reason: 'invalid' }), 5);
+    assert.equal(sampleValue(again, 'pampa_gossip_dropped_total', { reason: 'stale' }), 3);
   });
 
   test('two AgentMetrics never share counters', async () => {

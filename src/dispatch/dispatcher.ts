@@ -49,6 +49,7 @@ export interface DispatcherOptions {
   /** Called after assignments changed: worker → job (null: none). */
   onAssigned?: (changes: Map<string, string | null>, epoch: number) => void;
   onRelaunched?: (job: string, reason: string, n: number) => void;
+  /** After each reservation statement: its duration and how many tasks it reserved. */
   onRound?: (job: string, seconds: number, reserved: number) => void;
   intervalMs: number;
   relaunchScanMs: number;
@@ -270,7 +271,6 @@ export class Dispatcher {
     fence: Fence,
     epoch: number,
   ): Promise<void> {
-    const t0 = performance.now();
     const j = table.job;
     const ctx = hookContext(table, this.o.db, this.o.log);
     let queued: Map<string, number>;
@@ -306,6 +306,7 @@ export class Dispatcher {
       for (let i = 0; i < free; i++) slots.push(w);
     }
     if (slots.length === 0) return;
+    const t0 = performance.now();
     const given = await reserveTasks(this.o.db, table, interleave(slots), fence, selection);
     const n = [...given.values()].reduce((a, b) => a + b, 0);
     this.o.onRound?.(job, (performance.now() - t0) / 1000, n);

@@ -1,10 +1,13 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
- * Reservation latency buckets (seconds): from a NOTIFY-driven reservation (a few ms) to a
- * task that waited several dispatcher rounds or a lease hand-over (tens of seconds).
+ * Reservation statement buckets (seconds): from a round over a small table (a millisecond) to
+ * one stuck behind locks or a loaded database (seconds).
  */
-const reservationBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const reservationBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/** Gossip drop counts by reason, since the agent started (the mesh's and the membership's). */
+export type DropCounts = () => Record<string, number>;
 
 /**
  * The Prometheus metrics of one agent. Each instance owns its own registry (plus the default
@@ -24,6 +27,9 @@ export class AgentMetrics {
   private readonly dispatcherGauge: Gauge;
   private readonly epochGauge: Gauge;
   private readonly dropped: Counter<'reason'>;
+  private dropCounts: DropCounts = () => ({});
+  /** The lease as this agent last saw it (`holder/epoch`), undefined before it saw one. */
+  private lastLease: string | undefined;
 
   constructor() {
     const registers = [this.registry];
@@ -53,16 +59,18 @@ export class AgentMetrics {
       labelNames: ['job', 'reason'],
       registers,
     });
+    // A new row keeps no time of when it became due, so the wait before its reservation cannot
+    // be measured; what is measured is the statement that reserved it.
     this.reservation = new Histogram({
-      name: 'pampa_reservation_latency_seconds',
-      help: 'Time from a task becoming pending to its reservation (seconds).',
+      name: 'pampa_reservation_statement_seconds',
+      help: 'Duration of each reservation statement that reserved at least one task (seconds).',
       labelNames: ['job'],
       buckets: reservationBuckets,
       registers,
     });
     this.leaseChanges = new Counter({
       name: 'pampa_lease_changes_total',
-      help: 'Changes of dispatcher lease holder seen by this agent.',
+      help: 'Changes of dispatcher lease holder or epoch seen by this agent.',
       registers,
     });
     this.peerCount = new Gauge({
@@ -85,12 +93,25 @@ export class AgentMetrics {
       help: 'Epoch of the dispatcher lease as this agent last saw it.',
       registers,
     });
+    const counts = () => this.dropCounts();
     this.dropped = new Counter({
       name: 'pampa_gossip_dropped_total',
       help: 'Gossip messages dropped on receipt, by reason.',
       labelNames: ['reason'],
       registers,
+      // The counts live where the drops happen (mesh, membership); each scrape copies them.
+      collect() {
+        this.reset();
+        for (const [reason, n] of Object.entries(counts())) this.inc({ reason }, n);
+      },
     });
+  }
+
+  /** Shows each job's task counters from the start, at 0, rather than at its first task. */
+  declareJobs(jobs: Iterable<string>): void {
+    for (const job of jobs) {
+      for (const c of [this.started, this.succeeded, this.failed]) c.inc({ job }, 0);
+    }
   }
 
   tasksStarted(job: string, n = 1): void {
@@ -109,12 +130,22 @@ export class AgentMetrics {
     this.relaunched.inc({ job, reason }, n);
   }
 
-  observeReservation(job: string, seconds: number): void {
-    this.reservation.observe({ job }, seconds);
+  /** A reservation statement's duration; rounds that reserved nothing are not observed. */
+  observeReservation(job: string, seconds: number, reserved: number): void {
+    if (reserved > 0) this.reservation.observe({ job }, seconds);
   }
 
-  leaseChanged(): void {
-    this.leaseChanges.inc();
+  /**
+   * The lease as this agent sees it now. A holder or epoch other than the last seen counts as
+   * one change; the first lease seen counts only when this agent holds it (it made the change),
+   * as a lease held before the agent started is no change it saw.
+   */
+  observeLease(holder: string | null, epoch: number, self: string): void {
+    if (holder === null) return;
+    const key = `${holder}/${epoch}`;
+    if (key === this.lastLease) return;
+    if (this.lastLease !== undefined || holder === self) this.leaseChanges.inc();
+    this.lastLease = key;
   }
 
   setPeers(n: number): void {
@@ -130,8 +161,9 @@ export class AgentMetrics {
     this.epochGauge.set(epoch);
   }
 
-  gossipDropped(reason: string, n = 1): void {
-    this.dropped.inc({ reason }, n);
+  /** Where pampa_gossip_dropped_total reads its counts at each scrape. */
+  countDropsFrom(counts: DropCounts): void {
+    this.dropCounts = counts;
   }
 
   /** The Prometheus text exposition format, version 0.0.4. */
