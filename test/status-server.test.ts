@@ -370,6 +370,31 @@ describe('StatusServer malformed requests', () => {
       () => 'GET http://x/status%zz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
       400,
     ],
+    [
+      'a query string with %zz',
+      () => 'GET /status?%zz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+      400,
+    ],
+    [
+      'a token query with %zz',
+      () => 'GET /?token=%zz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+      400,
+    ],
+    [
+      'a 100 KB URL',
+      () => `GET /status?${'a'.repeat(100_000)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`,
+      431,
+    ],
+    [
+      'an unknown method name',
+      () => 'FROB /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+      400,
+    ],
+    [
+      'a method the status port does not serve',
+      () => 'PROPFIND /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+      405,
+    ],
   ];
 
   for (const [name, request, code] of cases) {
@@ -379,6 +404,13 @@ describe('StatusServer malformed requests', () => {
       assert.equal((await fetch(`${url}/status`)).status, 200);
     });
   }
+
+  test('with a token, a malformed ?token= gets 400, not a crash nor a pass', async () => {
+    const { url } = await serve({ token: TOKEN });
+    const res = await raw(url, 'GET /?token=%zz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+    assert.equal(statusCode(res), 400);
+    assert.equal((await fetch(`${url}/?token=${TOKEN}`)).status, 200);
+  });
 
   test('a client that never finishes its headers gets 408', async () => {
     const { url } = await serve({ headersTimeoutMs: 300 });

@@ -187,7 +187,9 @@ export class StatusServer {
     let url: URL;
     try {
       url = new URL(req.url ?? '/', 'http://status.invalid');
+      // A bad escape in the path or the query (the token is read from it) is refused.
       decodeURIComponent(url.pathname);
+      decodeURIComponent(url.search.replace(/\+/g, ' '));
     } catch {
       return errorReply(400, 'malformed request URL');
     }
