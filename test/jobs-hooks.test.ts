@@ -37,7 +37,12 @@ describe('job hooks with real agents', { concurrency: false }, () => {
           finisher: (row, result, ctx) =>
             ctx.db.query('UPDATE item SET finished_note = coalesce(finished_note || \\' \\', \\'\\') || $2 WHERE id = $1',
               [row.id, (result.ok ? 'ok' : 'failed') + '/' + result.attempt + (result.closed ? '/closed' : '')]),
-          counters: { total: (ctx) => 42 },
+          counters: {
+            total: (ctx) => 42,
+            completed: async (ctx) => (await ctx.db.query('SELECT 101 AS n')).rows[0].n,
+            pending: () => 102,
+            failed: () => 103,
+          },
         })],`,
       });
       const want = await scalar(s.pool, 'SELECT count(*)::int FROM item WHERE value >= 10');
@@ -85,11 +90,21 @@ describe('job hooks with real agents', { concurrency: false }, () => {
       }
       const url = await statusUrl(a);
       const status = (await (await fetch(`${url}/status`)).json()) as {
-        jobs: { name: string; total: number; completed: number }[];
+        jobs: {
+          name: string;
+          total: number;
+          completed: number;
+          pending: number;
+          failed: number;
+          running: number;
+        }[];
       };
+      // Each counter hook replaces its own figure (Pampa counts 30 rows, ${want} completed,
+      // ${30 - want} pending, none failed); running has no hook and stays Pampa's.
+      assert.ok(want !== 101 && 30 - want !== 102);
       assert.deepEqual(
-        status.jobs.map((j) => [j.name, j.total, j.completed]),
-        [['ranked', 42, want]],
+        status.jobs.map((j) => [j.name, j.total, j.completed, j.pending, j.failed, j.running]),
+        [['ranked', 42, 101, 102, 103, 0]],
       );
       assert.deepEqual(await a.term(), { code: 0, signal: null }, s.logs());
     },

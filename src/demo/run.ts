@@ -9,7 +9,9 @@ import { migrate } from '../db/migrations.js';
 import { createPool } from '../db/pool.js';
 import { inspectJobTable } from '../db/table.js';
 import { migrateJobTable } from '../db/user-table.js';
+import { quoteIdent } from '../db/quote.js';
 import { countTasks } from '../dispatch/statements.js';
+import { NodeRegistry } from '../mesh/registry.js';
 import type { Logger } from '../log.js';
 import { checkNumbers, seedNumbers } from './seed.js';
 
@@ -46,7 +48,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const job = config.jobs[0];
     await seedNumbers(db, o.tasks);
     await migrate(db, config.schema);
-    await db.query(`DELETE FROM ${config.schema}.nodes WHERE cluster = $1`, [config.name]);
+    await db.query(`DELETE FROM ${quoteIdent(config.schema)}.nodes WHERE cluster = $1`, [
+      config.name,
+    ]);
     await migrateJobTable(db, job, config.schema, o.log);
     const table = await inspectJobTable(db, job);
 
@@ -88,7 +92,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     ];
     for (const [k, v] of rows) process.stdout.write(`${String(k).padEnd(18)}${v}\n`);
 
-    if (o.hold) await hold(db, config.name);
+    if (o.hold) await hold(new NodeRegistry(db, config.schema), config.name);
 
     return check.ok && counters.failed === 0 ? 0 : 1;
   } finally {
@@ -137,14 +141,12 @@ function stopAgent(child: ChildProcess): Promise<void> {
   });
 }
 
-async function hold(db: import('pg').Pool, cluster: string): Promise<void> {
-  const r = await db.query<{ name: string; status_url: string | null }>(
-    'SELECT name, status_url FROM pampa.nodes WHERE cluster = $1 AND stopped_at IS NULL ORDER BY name',
-    [cluster],
-  );
+/** Prints each running agent's status URL, from the node registry in the configured schema. */
+async function hold(registry: NodeRegistry, cluster: string): Promise<void> {
+  const nodes = (await registry.listNodes(cluster)).filter((n) => n.stoppedAt === null);
   process.stdout.write('\nagents are running; press Ctrl-C to stop them\n');
-  for (const n of r.rows)
-    process.stdout.write(`  ${n.name}  ${n.status_url ?? '(no status port)'}\n`);
+  for (const n of nodes)
+    process.stdout.write(`  ${n.name}  ${n.statusUrl ?? '(no status port)'}\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGINT', () => resolve());
     process.once('SIGTERM', () => resolve());
