@@ -224,7 +224,12 @@ export class Agent {
     });
     this.queues.start();
     this.started.push(async () => this.queues.stop());
-    this.rates = new JobRates({ db: this.db, tables: this.tables, sampleMs: 1000, windowMs: 10_000 });
+    this.rates = new JobRates({
+      db: this.db,
+      tables: this.tables,
+      sampleMs: 1000,
+      windowMs: 10_000,
+    });
     this.rates.start();
     this.started.push(async () => this.rates.stop());
 

@@ -51,9 +51,7 @@ export class JobRates {
         const c = await countTasks(this.o.db, t).catch(() => null);
         if (!c) continue;
         const now = performance.now();
-        const list = (this.samples.get(name) ?? []).filter(
-          (s) => now - s.at <= this.o.windowMs,
-        );
+        const list = (this.samples.get(name) ?? []).filter((s) => now - s.at <= this.o.windowMs);
         list.push({ at: now, closed: c.completed + c.failed });
         this.samples.set(name, list);
       }

@@ -41,9 +41,7 @@ async function getStatus(url: string): Promise<ClusterStatus> {
 function projection(s: ClusterStatus) {
   return {
     cluster: s.cluster,
-    nodes: s.nodes
-      .map((n) => `${n.name} ${n.agentId} ${n.peerId} ${n.version} ${n.state}`)
-      .sort(),
+    nodes: s.nodes.map((n) => `${n.name} ${n.agentId} ${n.peerId} ${n.version} ${n.state}`).sort(),
     addresses: Object.fromEntries(s.nodes.map((n) => [n.name, [...n.addresses].sort()])),
     workers: s.workers.map((w) => `${w.id} ${w.node} ${w.job}`).sort(),
     dispatcher: {

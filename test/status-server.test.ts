@@ -407,7 +407,10 @@ describe('StatusServer malformed requests', () => {
 
   test('with a token, a malformed ?token= gets 400, not a crash nor a pass', async () => {
     const { url } = await serve({ token: TOKEN });
-    const res = await raw(url, 'GET /?token=%zz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n');
+    const res = await raw(
+      url,
+      'GET /?token=%zz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+    );
     assert.equal(statusCode(res), 400);
     assert.equal((await fetch(`${url}/?token=${TOKEN}`)).status, 200);
   });
