@@ -32,7 +32,8 @@ let closing = false;
 
 function abortRun(reason: string, fields: Record<string, unknown> = {}): void {
   if (closing || controller.signal.aborted) return;
-  log.warn({ ...fields, reason, graceMs: init.graceMs }, 'standalone run aborted');
+  const level = reason === 'stopped by its agent' ? 'info' : 'warn';
+  log[level]({ ...fields, reason, graceMs: init.graceMs }, 'standalone run aborted');
   controller.abort(new Error(`standalone run aborted: ${reason}`));
   setTimeout(() => process.exit(EXIT_STANDALONE_STOPPED), init.graceMs);
 }
@@ -117,11 +118,17 @@ async function runLocked(lock: pg.Client, p: StandaloneConfig): Promise<number> 
 /**
  * A lock connection that no longer answers may have lost its session (and the lock) without
  * this process hearing of it (a network cut): a probe still unanswered when the next is due,
- * or failing, aborts the run.
+ * or failing, aborts the run. A tick that comes late means this process was busy (a synchronous
+ * function): the answer may be unread in the socket, so that tick judges nothing.
  */
 function probeLoop(lock: pg.Client): NodeJS.Timeout {
   let pending = false;
+  let lastTick = Date.now();
   const timer = setInterval(() => {
+    const now = Date.now();
+    const late = now - lastTick > 2 * PROBE_MS;
+    lastTick = now;
+    if (late) return;
     if (pending) {
       abortRun('lock connection not answering', { probeMs: PROBE_MS });
       return;
