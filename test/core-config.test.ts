@@ -336,7 +336,7 @@ export default defineCluster({ name: 'ts', databaseUrl: 'postgres://file/db',
     const migs = await db.pool.query(`SELECT id FROM pampa_mig.migrations ORDER BY id`);
     assert.deepEqual(
       migs.rows.map((r) => r.id),
-      [1, 2, 3],
+      [1, 2, 3, 4],
     );
     const c = await migrateOnce();
     assert.equal(c.code, 0, c.out);

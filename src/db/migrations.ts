@@ -53,6 +53,21 @@ export const MIGRATIONS: readonly { id: number; name: string; sql: (s: string) =
         PRIMARY KEY (cluster, worker)
       )`,
   },
+  {
+    id: 4,
+    name: 'standalone_completions',
+    // One row per runOnce standalone process that succeeded; deleting it runs it again.
+    sql: (s) => `
+      CREATE TABLE ${s}.standalone_completions (
+        cluster      text NOT NULL,
+        name         text NOT NULL,
+        node         text NOT NULL,
+        agent_id     text NOT NULL,
+        started_at   timestamptz NOT NULL,
+        completed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (cluster, name)
+      )`,
+  },
 ];
 
 const LOCK_KEY = 0x70616d70; // 'pamp'

@@ -6,7 +6,8 @@ import { inspectJobTable, type JobTable } from '../db/table.js';
 import { releaseTasks } from '../dispatch/release.js';
 import { HookResults, HookRunner, hookContext, type HookName } from '../hooks/run.js';
 import { componentLogger } from '../log.js';
-import { AGENT_ALIVE_MS, EXIT_AGENT_SILENT, EXIT_OVERRUN } from './protocol.js';
+import { AgentSilence } from './agent-silence.js';
+import { EXIT_AGENT_SILENT, EXIT_OVERRUN } from './protocol.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 import { ProgressWriter } from './progress.js';
 import {
@@ -57,10 +58,19 @@ let runningTask: string | null = null;
 let runningController: AbortController | undefined;
 /** The agent's 'stop': the grace period is over; the running task's result is not written. */
 let stopped = false;
-let lastFromAgent = Date.now();
+
+// A paused or hung agent cannot heartbeat: its node will be taken for dead and its tasks
+// relaunched elsewhere, so this worker stops before that can happen.
+const silence = new AgentSilence(init.agentSilentMs, (silentMs) => {
+  log.error(
+    { silentMs, limitMs: init.agentSilentMs, task: runningTask },
+    'agent silent; worker stops so its tasks cannot run twice',
+  );
+  process.exit(EXIT_AGENT_SILENT);
+});
 
 process.on('message', (msg: ToWorker) => {
-  lastFromAgent = Date.now();
+  silence.heard();
   if (msg.t === 'alive') return;
   if (msg.t === 'stop') {
     stopped = true;
@@ -73,22 +83,6 @@ process.on('message', (msg: ToWorker) => {
   else wokenEarly = true;
 });
 
-// A paused or hung agent cannot heartbeat: its node will be taken for dead and its tasks
-// relaunched elsewhere, so this worker stops before that can happen. A tick that comes late
-// means this process itself was paused or busy (a CPU throttle, a synchronous task): the
-// agent's messages are still unread in the pipe, so that tick judges nothing.
-let lastTick = Date.now();
-setInterval(() => {
-  const now = Date.now();
-  const late = now - lastTick > 3 * AGENT_ALIVE_MS;
-  lastTick = now;
-  if (late || now - lastFromAgent <= init.agentSilentMs) return;
-  log.error(
-    { silentMs: now - lastFromAgent, limitMs: init.agentSilentMs, task: runningTask },
-    'agent silent; worker stops so its tasks cannot run twice',
-  );
-  process.exit(EXIT_AGENT_SILENT);
-}, AGENT_ALIVE_MS).unref();
 // The agent is gone (killed): nobody supervises this process any more, and the dispatcher will
 // relaunch its tasks elsewhere, so a task still running here must not go on.
 process.on('disconnect', () => process.exit(1));
