@@ -202,4 +202,92 @@ describe('elastic assignment with real agents', { concurrency: false }, () => {
       assert.deepEqual(await second.term(), { code: 0, signal: null }, s.logs());
     },
   );
+
+  test(
+    'after the holder is SIGKILLed, the new holder starts from the stored assignments',
+    { timeout: 90_000 },
+    async () => {
+      const s = await setupJobs({
+        sql: tasks('slow', 400),
+        migrate: [{ name: 'slow', table: 'slow', primaryKey: 'id' }],
+        body: `jobs: [defineJob({ name: 'slow', table: 'slow', primaryKey: 'id', queueSize: 1,
+          run: async (task, ctx) => { await record(ctx, task); await sleep(200); } })],`,
+      });
+      const first = s.start('na', 2);
+      await waitFor(
+        'na dispatching',
+        async () =>
+          (await scalar(
+            s.pool,
+            `SELECT count(*)::int FROM pampa.leases WHERE holder LIKE 'na-%'`,
+          )) === 1,
+      );
+      const second = s.start('nb', 2);
+      await waitFor(
+        'four workers assigned',
+        async () => {
+          const a = await assignments(s.pool);
+
+          return ['na.1', 'na.2', 'nb.1', 'nb.2'].every((w) => a[w] === 'slow');
+        },
+        30_000,
+        100,
+        s.logs,
+      );
+      const read = () =>
+        s.pool.query<{ worker: string; job: string; epoch: string; at: string }>(
+          `SELECT worker, job, epoch::text, assigned_at::text AS at FROM pampa.assignments
+            ORDER BY worker`,
+        );
+      const before = await read();
+      const epoch = await scalar<string>(s.pool, 'SELECT epoch::text FROM pampa.leases');
+      first.killGroup();
+      await first.exited;
+      await waitFor(
+        'nb dispatching',
+        async () =>
+          (await scalar(
+            s.pool,
+            `SELECT count(*)::int FROM pampa.leases WHERE holder LIKE 'nb-%'`,
+          )) === 1,
+        30_000,
+        100,
+        s.logs,
+      );
+      assert.ok(
+        Number(await scalar<string>(s.pool, 'SELECT epoch::text FROM pampa.leases')) >
+          Number(epoch),
+      );
+      const progress = await scalar(
+        s.pool,
+        `SELECT count(*)::int FROM exec_log WHERE worker LIKE 'nb.%'`,
+      );
+      await waitFor(
+        'nb runs tasks under the new holder',
+        async () =>
+          (await scalar(s.pool, `SELECT count(*)::int FROM exec_log WHERE worker LIKE 'nb.%'`)) >
+          progress + 10,
+        30_000,
+        100,
+        s.logs,
+      );
+      const after = await read();
+      const nb = (r: typeof before) => r.rows.filter((x) => x.worker.startsWith('nb.'));
+      assert.deepEqual(
+        nb(after),
+        nb(before),
+        'nb’s workers kept the rows the killed holder wrote: same job, epoch and time',
+      );
+      // The killed node's workers are not live: the new holder leaves their rows as it found
+      // them rather than reassigning them.
+      assert.deepEqual(
+        after.rows.filter((x) => x.worker.startsWith('na.')).map((x) => [x.worker, x.job]),
+        [
+          ['na.1', 'slow'],
+          ['na.2', 'slow'],
+        ],
+      );
+      assert.deepEqual(await second.term(), { code: 0, signal: null }, s.logs());
+    },
+  );
 });
