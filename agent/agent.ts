@@ -184,6 +184,7 @@ export class Agent {
       },
       onRelaunched: (job, reason, n) => this.metrics.tasksRelaunched(job, reason, n),
       onRound: (job, seconds) => this.metrics.observeReservation(job, seconds),
+      nodeTags: new Map(c.nodes.map((n) => [n.name, n.tags])),
       intervalMs: c.dispatchIntervalMs,
       relaunchScanMs: c.relaunchScanMs,
       log: this.log.child({ component: 'dispatcher' }),

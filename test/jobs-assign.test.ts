@@ -290,4 +290,46 @@ describe('elastic assignment with real agents', { concurrency: false }, () => {
       assert.deepEqual(await second.term(), { code: 0, signal: null }, s.logs());
     },
   );
+
+  test(
+    'workerFilter.tags: only workers of nodes with the tags serve the job',
+    { timeout: 90_000 },
+    async () => {
+      const s = await setupJobs({
+        sql: `${tasks('render', 20)}; ${tasks('plain', 20)}`,
+        migrate: [
+          { name: 'render', table: 'render', primaryKey: 'id' },
+          { name: 'plain', table: 'plain', primaryKey: 'id' },
+        ],
+        body: `nodes: [{ name: 'tg', maxWorkers: 2, tags: ['gpu'] }, { name: 'tp', maxWorkers: 2 }],
+        jobs: [
+          defineJob({ name: 'render', table: 'render', primaryKey: 'id', queueSize: 2,
+            workerFilter: { tags: ['gpu'] },
+            run: async (task, ctx) => { await record(ctx, task); await sleep(100); } }),
+          defineJob({ name: 'plain', table: 'plain', primaryKey: 'id', queueSize: 2,
+            run: async (task, ctx) => { await record(ctx, task); await sleep(100); } }),
+        ],`,
+      });
+      const a = s.start('tp');
+      const b = s.start('tg');
+      await waitFor(
+        'both jobs done',
+        async () =>
+          (await scalar(
+            s.pool,
+            `((SELECT count(*) FROM render WHERE render_success) + (SELECT count(*) FROM plain WHERE plain_success))::int`,
+          )) === 40,
+        60_000,
+        100,
+        s.logs,
+      );
+      const render = await s.pool.query<{ worker: string }>(
+        `SELECT DISTINCT worker FROM exec_log WHERE job = 'render' ORDER BY 1`,
+      );
+      assert.ok(render.rows.length > 0);
+      for (const w of render.rows) assert.match(w.worker, /^tg\.[12]$/, 'only the gpu node');
+      assert.deepEqual(await a.term(), { code: 0, signal: null }, s.logs());
+      assert.deepEqual(await b.term(), { code: 0, signal: null }, s.logs());
+    },
+  );
 });

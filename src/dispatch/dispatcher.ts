@@ -51,6 +51,8 @@ export interface DispatcherOptions {
   onAssigned?: (changes: Map<string, string | null>, epoch: number) => void;
   onRelaunched?: (job: string, reason: string, n: number) => void;
   onRound?: (job: string, seconds: number, reserved: number) => void;
+  /** Node name → its tags (nodes[].tags), for workerFilter.tags. */
+  nodeTags?: ReadonlyMap<string, readonly string[]>;
   intervalMs: number;
   relaunchScanMs: number;
   log: Logger;
@@ -260,7 +262,7 @@ export class Dispatcher {
         backlog: backlog ?? 0,
         maxPendingTasks: j.maxPendingTasks,
         maxAssignedWorkers: j.maxAssignedWorkers,
-        filter: compileFilter(j.workerFilter),
+        filter: compileFilter(j.workerFilter, this.o.nodeTags),
         hold: backlog === null,
       });
     }
