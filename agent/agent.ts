@@ -187,6 +187,7 @@ export class Agent {
       },
       onRelaunched: (job, reason, n) => this.metrics.tasksRelaunched(job, reason, n),
       onRound: (job, seconds, n) => this.metrics.observeReservation(job, seconds, n),
+      nodeTags: new Map(c.nodes.map((n) => [n.name, n.tags])),
       intervalMs: c.dispatchIntervalMs,
       relaunchScanMs: c.relaunchScanMs,
       log: this.log.child({ component: 'dispatcher' }),

@@ -202,4 +202,134 @@ describe('elastic assignment with real agents', { concurrency: false }, () => {
       assert.deepEqual(await second.term(), { code: 0, signal: null }, s.logs());
     },
   );
+
+  test(
+    'after the holder is SIGKILLed, the new holder starts from the stored assignments',
+    { timeout: 90_000 },
+    async () => {
+      const s = await setupJobs({
+        sql: tasks('slow', 400),
+        migrate: [{ name: 'slow', table: 'slow', primaryKey: 'id' }],
+        body: `jobs: [defineJob({ name: 'slow', table: 'slow', primaryKey: 'id', queueSize: 1,
+          run: async (task, ctx) => { await record(ctx, task); await sleep(200); } })],`,
+      });
+      const first = s.start('na', 2);
+      await waitFor(
+        'na dispatching',
+        async () =>
+          (await scalar(
+            s.pool,
+            `SELECT count(*)::int FROM pampa.leases WHERE holder LIKE 'na-%'`,
+          )) === 1,
+      );
+      const second = s.start('nb', 2);
+      await waitFor(
+        'four workers assigned',
+        async () => {
+          const a = await assignments(s.pool);
+
+          return ['na.1', 'na.2', 'nb.1', 'nb.2'].every((w) => a[w] === 'slow');
+        },
+        30_000,
+        100,
+        s.logs,
+      );
+      const read = () =>
+        s.pool.query<{ worker: string; job: string; epoch: string; at: string }>(
+          `SELECT worker, job, epoch::text, assigned_at::text AS at FROM pampa.assignments
+            ORDER BY worker`,
+        );
+      const before = await read();
+      const epoch = await scalar<string>(s.pool, 'SELECT epoch::text FROM pampa.leases');
+      first.killGroup();
+      await first.exited;
+      await waitFor(
+        'nb dispatching',
+        async () =>
+          (await scalar(
+            s.pool,
+            `SELECT count(*)::int FROM pampa.leases WHERE holder LIKE 'nb-%'`,
+          )) === 1,
+        30_000,
+        100,
+        s.logs,
+      );
+      assert.ok(
+        Number(await scalar<string>(s.pool, 'SELECT epoch::text FROM pampa.leases')) >
+          Number(epoch),
+      );
+      const progress = await scalar(
+        s.pool,
+        `SELECT count(*)::int FROM exec_log WHERE worker LIKE 'nb.%'`,
+      );
+      await waitFor(
+        'nb runs tasks under the new holder',
+        async () =>
+          (await scalar(s.pool, `SELECT count(*)::int FROM exec_log WHERE worker LIKE 'nb.%'`)) >
+          progress + 10,
+        30_000,
+        100,
+        s.logs,
+      );
+      const after = await read();
+      const nb = (r: typeof before) => r.rows.filter((x) => x.worker.startsWith('nb.'));
+      assert.deepEqual(
+        nb(after),
+        nb(before),
+        'nb’s workers kept the rows the killed holder wrote: same job, epoch and time',
+      );
+      // The killed node's workers are not live: the new holder leaves their rows as it found
+      // them rather than reassigning them.
+      assert.deepEqual(
+        after.rows.filter((x) => x.worker.startsWith('na.')).map((x) => [x.worker, x.job]),
+        [
+          ['na.1', 'slow'],
+          ['na.2', 'slow'],
+        ],
+      );
+      assert.deepEqual(await second.term(), { code: 0, signal: null }, s.logs());
+    },
+  );
+
+  test(
+    'workerFilter.tags: only workers of nodes with the tags serve the job',
+    { timeout: 90_000 },
+    async () => {
+      const s = await setupJobs({
+        sql: `${tasks('render', 20)}; ${tasks('plain', 20)}`,
+        migrate: [
+          { name: 'render', table: 'render', primaryKey: 'id' },
+          { name: 'plain', table: 'plain', primaryKey: 'id' },
+        ],
+        body: `nodes: [{ name: 'tg', maxWorkers: 2, tags: ['gpu'] }, { name: 'tp', maxWorkers: 2 }],
+        jobs: [
+          defineJob({ name: 'render', table: 'render', primaryKey: 'id', queueSize: 2,
+            workerFilter: { tags: ['gpu'] },
+            run: async (task, ctx) => { await record(ctx, task); await sleep(100); } }),
+          defineJob({ name: 'plain', table: 'plain', primaryKey: 'id', queueSize: 2,
+            run: async (task, ctx) => { await record(ctx, task); await sleep(100); } }),
+        ],`,
+      });
+      const a = s.start('tp');
+      const b = s.start('tg');
+      await waitFor(
+        'both jobs done',
+        async () =>
+          (await scalar(
+            s.pool,
+            `((SELECT count(*) FROM render WHERE render_success) + (SELECT count(*) FROM plain WHERE plain_success))::int`,
+          )) === 40,
+        60_000,
+        100,
+        s.logs,
+      );
+      const render = await s.pool.query<{ worker: string }>(
+        `SELECT DISTINCT worker FROM exec_log WHERE job = 'render' ORDER BY 1`,
+      );
+      assert.ok(render.rows.length > 0);
+      for (const w of render.rows) assert.match(w.worker, /^tg\.[12]$/, 'only the gpu node');
+      assert.deepEqual(await a.term(), { code: 0, signal: null }, s.logs());
+      assert.deepEqual(await b.term(), { code: 0, signal: null }, s.logs());
+    },
+  );
 });

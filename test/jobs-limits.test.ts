@@ -2,7 +2,7 @@ import '../src/polyfills.js';
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, describe, test } from 'node:test';
-import { cleanUp, scalar, setupJobs, waitFor } from './helpers/jobs.js';
+import { cleanUp, logLines, scalar, setupJobs, waitFor } from './helpers/jobs.js';
 
 /** Per-worker memory and CPU limits from the node descriptor, on real worker processes. */
 
@@ -15,13 +15,18 @@ describe('resource limits', { concurrency: false }, () => {
     async () => {
       const s = await setupJobs({
         sql: `CREATE TABLE mem (id bigint PRIMARY KEY, kind text NOT NULL);
-          INSERT INTO mem VALUES (1, 'buffers'), (2, 'heap'), (3, 'ok'), (4, 'ok'), (5, 'ok')`,
+          INSERT INTO mem VALUES (1, 'buffers'), (2, 'heap');
+          INSERT INTO mem SELECT g, 'ok' FROM generate_series(3, 14) g;
+          CREATE TABLE pids (id bigint, worker text, pid int, at timestamptz DEFAULT clock_timestamp())`,
         migrate: [{ name: 'mem', table: 'mem', primaryKey: 'id' }],
         body: `
         nodes: [{ name: 'n1', maxWorkers: 2, maxMemoryMb: 160 }],
         jobs: [defineJob({ name: 'mem', table: 'mem', primaryKey: 'id', maxTryTimes: 1, queueSize: 1,
           run: async (task, ctx) => {
             await record(ctx, task);
+            await ctx.db.query('INSERT INTO pids (id, worker, pid) VALUES ($1, $2, $3)',
+              [task.id, ctx.worker, process.pid]);
+            if (task.kind === 'ok') await sleep(200);
             const hog = [];
             if (task.kind === 'buffers') {
               // Outside V8's heap: only the resident-set watchdog sees it.
@@ -37,7 +42,7 @@ describe('resource limits', { concurrency: false }, () => {
         'all closed',
         async () =>
           (await scalar(s.pool, 'SELECT count(*)::int FROM mem WHERE mem_ended_at IS NOT NULL')) ===
-          5,
+          14,
         60_000,
         100,
         s.logs,
@@ -54,6 +59,29 @@ describe('resource limits', { concurrency: false }, () => {
       assert.equal(heap.ok, false);
       assert.match(heap.err ?? '', /maxMemoryMb \(160 MB\)/);
       for (const x of rest) assert.equal(x.ok, true, `row ${x.id}`);
+      // The worker that ran the buffers row was killed by the watchdog, logged as died, and
+      // started again: a later task of that worker ran in another process.
+      const ran = await s.pool.query<{ id: string; worker: string; pid: number }>(
+        'SELECT id, worker, pid FROM pids ORDER BY at',
+      );
+      const hog = ran.rows.find((x) => x.id === '1')!;
+      const lines = logLines(a).filter((l) => l.worker === hog.worker);
+      const killed = lines.findIndex((l) => l.msg === 'worker over its memory limit; killing it');
+      assert.ok(killed >= 0, `the watchdog killed ${hog.worker}`);
+      assert.equal(lines[killed].maxMemoryMb, 160);
+      assert.ok((lines[killed].rssMb as number) > 160);
+      assert.ok(
+        lines.slice(killed).some((l) => l.msg === 'worker process died' && l.signal === 'SIGKILL'),
+        'its death logged',
+      );
+      const later = ran.rows
+        .slice(ran.rows.indexOf(hog) + 1)
+        .filter((x) => x.worker === hog.worker);
+      assert.ok(later.length > 0, `${hog.worker} ran tasks again after the kill`);
+      assert.ok(
+        later.every((x) => x.pid !== hog.pid),
+        'in a new process',
+      );
       assert.equal(a.child.exitCode, null, 'the agent stays up');
       assert.deepEqual(await a.term(), { code: 0, signal: null }, s.logs());
     },

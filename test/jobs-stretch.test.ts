@@ -198,6 +198,56 @@ describe('job and cluster options', () => {
     assert.equal(ok.maxAssignedWorkers, 3);
   });
 
+  test('node tags are checked, and workerFilter.tags takes only workers of nodes with them', () => {
+    const c = defineCluster({
+      name: 'c',
+      nodes: [
+        { name: 'n1', tags: 'gpu' },
+        { name: 'n2', tags: ['gpu', 'big', 'gpu'] },
+        { name: 'n3' },
+      ],
+      jobs: [{ ...base, workerFilter: { tags: ['gpu', 'big'] } }],
+    });
+    assert.deepEqual(
+      c.nodes.map((n) => n.tags),
+      [['gpu'], ['gpu', 'big'], []],
+    );
+    const tags = new Map(c.nodes.map((n) => [n.name, n.tags]));
+    const both = compileFilter(c.jobs[0].workerFilter, tags)!;
+    assert.deepEqual(
+      ['n1.1', 'n2.1', 'n2.12', 'n3.1', 'n9.1'].map((w) => both.test(w)),
+      [false, true, true, false, false],
+    );
+    const gpuOnFirst = compileFilter({ id: '\\.1$', tags: ['gpu'] }, tags)!;
+    assert.deepEqual(
+      ['n1.1', 'n1.2', 'n2.1', 'n3.1'].map((w) => gpuOnFirst.test(w)),
+      [true, false, true, false],
+    );
+    const a = stretch(
+      W,
+      [job('a', 100, { filter: compileFilter({ tags: ['big'] }, tags) })],
+      new Map(),
+    );
+    assert.deepEqual(
+      [...a].filter(([, j]) => j === 'a').map(([w]) => w),
+      ['n2.1', 'n2.2'],
+    );
+    assert.throws(
+      () => defineCluster({ name: 'c', nodes: [{ name: 'n1', tags: ['a b'] }], jobs: [base] }),
+      /tag holds letters/,
+    );
+    assert.throws(
+      () =>
+        defineCluster({
+          name: 'c',
+          nodes: [{ name: 'n1', tags: ['gpu'] }],
+          jobs: [{ ...base, workerFilter: { tags: ['ssd'] } }],
+        }),
+      /job "j": no node has the tag "ssd"; add tags: \['ssd'\] to a node/,
+    );
+    assert.throws(() => defineJob({ ...base, workerFilter: {} }), /give id .* tags .* or both/);
+  });
+
   test('standalone processes are validated', () => {
     const cluster = { name: 'c', jobs: [base] };
     const c = defineCluster({

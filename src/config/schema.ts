@@ -65,8 +65,15 @@ function hook<T>(signature: string) {
     .optional();
 }
 
-/** A worker-id filter: a RegExp, or a string compiled as one. */
-const workerFilter = z.union([
+/** A node's label: letters, digits, "_", "-", "." and ":". */
+const tag = z
+  .string()
+  .min(1)
+  .max(63)
+  .regex(/^[A-Za-z0-9_.:-]+$/, 'a tag holds letters, digits, "_", "-", "." and ":" only');
+
+/** A worker-id pattern: a RegExp, or a string compiled as one. */
+const idPattern = z.union([
   z.instanceof(RegExp),
   z
     .string()
@@ -82,6 +89,20 @@ const workerFilter = z.union([
       },
       { message: 'must be a valid regular expression' },
     ),
+]);
+
+/**
+ * Which workers may serve a job: a worker-id pattern, or `{ id?, tags? }` where `tags` are
+ * labels its node must all carry (`nodes[].tags`).
+ */
+const workerFilter = z.union([
+  idPattern,
+  z
+    .object({ id: idPattern.optional(), tags: z.array(tag).min(1).optional() })
+    .strict()
+    .refine((f) => f.id !== undefined || f.tags !== undefined, {
+      message: 'give id (a worker-id pattern), tags (node labels) or both',
+    }),
 ]);
 
 const cronExpression = z.string().refine(
@@ -213,6 +234,14 @@ export const NodeSchema = z
      * is paused (SIGSTOP) until it is back within its share, at most 1 s at a time.
      */
     maxCpuPercent: z.number().min(1).max(100).optional(),
+    /**
+     * Labels of this node (the original's `tags`, a string or a list): a job's
+     * `workerFilter: { tags: [...] }` takes only workers of nodes that carry them all.
+     */
+    tags: z
+      .union([tag, z.array(tag)])
+      .transform((t) => [...new Set(typeof t === 'string' ? [t] : t)])
+      .default([]),
   })
   .strict();
 
@@ -329,7 +358,28 @@ export const ClusterSchema = z
     uniqueNames(c.jobs, 'jobs', 'job', ctx);
     uniqueNames(c.standalone, 'standalone', 'standalone', ctx);
     uniqueNames(c.nodes, 'nodes', 'node', ctx);
+    knownTags(c, ctx);
   });
+
+/** A job's workerFilter.tags must name tags some node carries, or no worker could serve it. */
+function knownTags(
+  c: { nodes: { tags: string[] }[]; jobs: { name: string; workerFilter?: unknown }[] },
+  ctx: z.RefinementCtx,
+): void {
+  const carried = new Set(c.nodes.flatMap((n) => n.tags));
+  c.jobs.forEach((j, i) => {
+    const f = j.workerFilter;
+    const tags = typeof f === 'object' && f !== null && 'tags' in f ? (f.tags as string[]) : [];
+    for (const t of tags ?? []) {
+      if (carried.has(t)) continue;
+      ctx.addIssue({
+        code: 'custom',
+        path: ['jobs', i, 'workerFilter', 'tags'],
+        message: `job "${j.name}": no node has the tag "${t}"; add tags: ['${t}'] to a node in nodes[]`,
+      });
+    }
+  });
+}
 
 /** Adds an issue at each item whose name an earlier item of the list already has. */
 function uniqueNames(

@@ -12,8 +12,8 @@ export interface StretchJob {
   backlog: number;
   maxPendingTasks?: number;
   maxAssignedWorkers?: number;
-  /** Workers whose id does not match may not serve the job. */
-  filter: RegExp | null;
+  /** Workers it rejects may not serve the job (compileFilter). */
+  filter: WorkerFilter | null;
   /** Keep exactly the workers it has (its selecting hook failed this round). */
   hold?: boolean;
 }
@@ -26,12 +26,39 @@ export function targetWorkers(j: StretchJob, live: number): number {
   return Math.max(1, Math.min(want, j.maxAssignedWorkers ?? live, live));
 }
 
-/** A worker-id filter without the g/y flags, whose lastIndex would make test() stateful. */
-export function compileFilter(filter: RegExp | string | undefined): RegExp | null {
-  if (filter === undefined) return null;
-  if (typeof filter === 'string') return new RegExp(filter);
+/** Which worker ids may serve a job; a RegExp is one. */
+export interface WorkerFilter {
+  test(worker: string): boolean;
+}
 
-  return new RegExp(filter.source, filter.flags.replace(/[gy]/g, ''));
+type IdPattern = RegExp | string;
+
+/**
+ * A job's workerFilter as a test on worker ids: a pattern on the id (without the g/y flags,
+ * whose lastIndex would make test() stateful), and/or tags the worker's node must all carry,
+ * from `nodeTags` (node name → its tags; a worker id is `<node>.<n>`).
+ */
+export function compileFilter(
+  filter: IdPattern | { id?: IdPattern; tags?: string[] } | undefined,
+  nodeTags: ReadonlyMap<string, readonly string[]> = new Map(),
+): WorkerFilter | null {
+  if (filter === undefined) return null;
+  if (typeof filter === 'string' || filter instanceof RegExp) return idRegExp(filter);
+  const id = filter.id === undefined ? null : idRegExp(filter.id);
+  const tags = filter.tags ?? [];
+
+  return {
+    test: (worker: string) => {
+      if (id && !id.test(worker)) return false;
+      const has = nodeTags.get(worker.slice(0, worker.lastIndexOf('.'))) ?? [];
+
+      return tags.every((t) => has.includes(t));
+    },
+  };
+}
+
+function idRegExp(p: IdPattern): RegExp {
+  return typeof p === 'string' ? new RegExp(p) : new RegExp(p.source, p.flags.replace(/[gy]/g, ''));
 }
 
 /**

@@ -3,6 +3,7 @@ import type pg from 'pg';
 import { Defaults } from '../config/defaults.js';
 import type { JobTable } from '../db/table.js';
 import { isTransientDbError } from '../db/pool.js';
+import { HOOK_CONCURRENCY, mapLimited, runRelauncher } from '../hooks/relauncher.js';
 import { HookResults, HookRunner, hookContext } from '../hooks/run.js';
 import type { Logger } from '../log.js';
 import { fenceParams, fenceSql, type LeaseToken } from '../lease/fence.js';
@@ -51,6 +52,8 @@ export interface DispatcherOptions {
   onRelaunched?: (job: string, reason: string, n: number) => void;
   /** After each reservation statement: its duration and how many tasks it reserved. */
   onRound?: (job: string, seconds: number, reserved: number) => void;
+  /** Node name → its tags (nodes[].tags), for workerFilter.tags. */
+  nodeTags?: ReadonlyMap<string, readonly string[]>;
   intervalMs: number;
   relaunchScanMs: number;
   log: Logger;
@@ -60,6 +63,13 @@ type Fence = { sql: (first: number) => string; params: unknown[] };
 
 /** Assignments are decided at most this often, besides when the set of live workers changes. */
 const STRETCH_EVERY_MS = 250;
+
+/**
+ * A round waits this long for its jobs' reservation steps; a step still running then (a slow
+ * occupied or allowing hook) goes on alone, and its job is skipped by later rounds until it
+ * ends, so one job's slow hook never holds back the others' reservations.
+ */
+const STEP_WAIT_MS = 1000;
 
 /**
  * Runs while this agent holds the lease. Each round: relaunch and reopen what is due (every
@@ -82,6 +92,8 @@ export class Dispatcher {
   private assignedEpoch = -1;
   private liveKey = '';
   private readonly hooks: HookRunner;
+  /** Jobs whose reservation step is still running, past the round that started it. */
+  private readonly reserving = new Map<string, Promise<void>>();
 
   constructor(private readonly o: DispatcherOptions) {
     this.hooks = new HookRunner(o.log, Defaults.hookTimeoutMs);
@@ -97,6 +109,7 @@ export class Dispatcher {
     this.running = false;
     clearTimeout(this.timer);
     while (this.looping) await new Promise((r) => setTimeout(r, 10));
+    await Promise.all(this.reserving.values());
   }
 
   /** Run a relaunch scan and a round as soon as possible (a node was just declared dead). */
@@ -155,10 +168,10 @@ export class Dispatcher {
       const stalled = new Set(
         eligible.filter((w) => w.freeSlots === 0 && w.job != null).map((w) => w.id),
       );
-      const selections = new Map<string, FreeRowSelection | null>();
-      for (const [job, table] of this.o.tables) {
-        selections.set(job, await this.selection(table, live.length));
-      }
+      // Every job's selecting hook at once: a slow one costs the round one hook timeout.
+      const tables = [...this.o.tables];
+      const chosen = await Promise.all(tables.map(([, t]) => this.selection(t, live.length)));
+      const selections = new Map(tables.map(([job], i) => [job, chosen[i]]));
       const liveKey = live.join(',');
       if (
         token.epoch !== this.assignedEpoch ||
@@ -169,22 +182,39 @@ export class Dispatcher {
         this.liveKey = liveKey;
         this.lastStretch = Date.now();
       }
+      const steps: Promise<void>[] = [];
       for (const [job, table] of this.o.tables) {
         const selection = selections.get(job);
-        if (!selection) continue;
+        if (!selection || this.reserving.has(job)) continue;
         const workers = live.filter((w) => this.assigned.get(w) === job && !stalled.has(w));
         if (workers.length === 0) continue;
         if (!this.o.token()) return;
-        await this.isolated(table, 'selecting', () =>
+        const step = this.isolated(table, 'selecting', () =>
           this.reserve(job, table, workers, selection, fence, token.epoch),
-        );
+        )
+          .then(
+            () => undefined,
+            (err: unknown) => this.failed(err),
+          )
+          .finally(() => this.reserving.delete(job));
+        this.reserving.set(job, step);
+        steps.push(step);
       }
+      let waited: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all(steps),
+        new Promise((r) => (waited = setTimeout(r, STEP_WAIT_MS))),
+      ]).finally(() => clearTimeout(waited));
       this.lastError = null;
     } catch (err) {
-      this.lastError = err instanceof Error ? err.message : String(err);
-      const level = isTransientDbError(err) ? 'warn' : 'error';
-      this.o.log[level]({ err }, 'dispatch round failed');
+      this.failed(err);
     }
+  }
+
+  private failed(err: unknown): void {
+    this.lastError = err instanceof Error ? err.message : String(err);
+    const level = isTransientDbError(err) ? 'warn' : 'error';
+    this.o.log[level]({ err }, 'dispatch round failed');
   }
 
   /** The selecting hook's fragments for this round, or null when the hook failed. */
@@ -233,7 +263,7 @@ export class Dispatcher {
         backlog: backlog ?? 0,
         maxPendingTasks: j.maxPendingTasks,
         maxAssignedWorkers: j.maxAssignedWorkers,
-        filter: compileFilter(j.workerFilter),
+        filter: compileFilter(j.workerFilter, this.o.nodeTags),
         hold: backlog === null,
       });
     }
@@ -275,35 +305,29 @@ export class Dispatcher {
     const ctx = hookContext(table, this.o.db, this.o.log);
     let queued: Map<string, number>;
     if (j.occupied) {
+      // The workers' hook calls run at once (HOOK_CONCURRENCY at a time): hanging hooks cost
+      // this step one hook timeout, not one per worker.
       const occupied = j.occupied;
-      queued = new Map();
-      for (const w of workers) {
-        const got = await this.hooks.call(
-          job,
-          'occupied',
-          () => occupied(w, ctx),
-          HookResults.count,
-        );
-        queued.set(w, got.ok ? got.value : j.queueSize);
-      }
+      const got = await mapLimited(workers, HOOK_CONCURRENCY, (w) =>
+        this.hooks.call(job, 'occupied', () => occupied(w, ctx), HookResults.count),
+      );
+      queued = new Map(workers.map((w, i) => [w, got[i].ok ? got[i].value : j.queueSize]));
     } else {
       queued = await queuedPerWorker(this.o.db, table, workers);
     }
+    let open = workers.filter((w) => j.queueSize - (queued.get(w) ?? 0) > 0);
+    if (j.allowing && open.length > 0) {
+      const allowing = j.allowing;
+      const got = await mapLimited(open, HOOK_CONCURRENCY, (w) =>
+        this.hooks.call(job, 'allowing', () => allowing(w, ctx), HookResults.allowed),
+      );
+      open = open.filter((_, i) => got[i].ok && got[i].value);
+    }
+    // Slow hooks may have outlasted an assignment change: only the job's workers still.
     const slots: string[] = [];
-    for (const w of workers) {
-      const free = j.queueSize - (queued.get(w) ?? 0);
-      if (free <= 0) continue;
-      if (j.allowing) {
-        const allowing = j.allowing;
-        const got = await this.hooks.call(
-          job,
-          'allowing',
-          () => allowing(w, ctx),
-          HookResults.allowed,
-        );
-        if (!got.ok || !got.value) continue;
-      }
-      for (let i = 0; i < free; i++) slots.push(w);
+    for (const w of open) {
+      if (this.assigned.get(w) !== job) continue;
+      for (let i = j.queueSize - (queued.get(w) ?? 0); i > 0; i--) slots.push(w);
     }
     if (slots.length === 0) return;
     const t0 = performance.now();
@@ -420,12 +444,7 @@ export class Dispatcher {
     const job = table.job.name;
     this.o.log.info({ job, reason, tasks: n }, 'tasks relaunched');
     this.o.onRelaunched?.(job, reason, n);
-    const relauncher = table.job.relauncher;
-    if (!relauncher || !rows) return;
-    const ctx = hookContext(table, this.o.db, this.o.log);
-    for (const row of rows) {
-      await this.hooks.call(job, 'relauncher', () => relauncher(row, ctx), HookResults.any);
-    }
+    await runRelauncher(this.hooks, table, this.o.db, this.o.log, rows);
   }
 }
 

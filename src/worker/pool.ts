@@ -11,6 +11,8 @@ import { unstartTasks } from './statements.js';
 import { CpuThrottle } from './throttle.js';
 import { ProgressReader } from './progress.js';
 import { Defaults } from '../config/defaults.js';
+import { runRelauncher } from '../hooks/relauncher.js';
+import { HookRunner } from '../hooks/run.js';
 import { AGENT_ALIVE_MS, EXIT_AGENT_SILENT, EXIT_OVERRUN } from './protocol.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 
@@ -94,8 +96,11 @@ export class WorkerPool {
   private watchdog: NodeJS.Timeout | undefined;
   private alive: NodeJS.Timeout | undefined;
   private throttle: CpuThrottle | undefined;
+  private readonly hooks: HookRunner;
 
-  constructor(private readonly o: WorkerPoolOptions) {}
+  constructor(private readonly o: WorkerPoolOptions) {
+    this.hooks = new HookRunner(o.log, Defaults.hookTimeoutMs);
+  }
 
   ids(): string[] {
     return this.slots.map((s) => s.id);
@@ -368,13 +373,18 @@ export class WorkerPool {
     for (const table of this.o.tables.values()) {
       for (let attempt = 1; attempt <= 60; attempt++) {
         try {
-          const r = await releaseTasks(this.o.db, table, { reason, workers: [s.id] });
+          const { rows, ...r } = await releaseTasks(this.o.db, table, {
+            reason,
+            workers: [s.id],
+            returnRows: table.job.relauncher !== undefined,
+          });
           if (r.requeued + r.closed > 0) {
             this.o.log.info(
               { worker: s.id, job: table.job.name, ...r, reason },
               'tasks of a gone worker released',
             );
           }
+          await runRelauncher(this.hooks, table, this.o.db, this.o.log, rows);
           break;
         } catch (err) {
           if (!isTransientDbError(err)) {
@@ -401,12 +411,14 @@ export class WorkerPool {
     const workers = this.ids();
     for (const [job, table] of this.o.tables) {
       try {
-        const r = await releaseTasks(this.o.db, table, {
+        const { rows, ...r } = await releaseTasks(this.o.db, table, {
           reason: 'shutdown',
           workers,
           onlyUnstarted: true,
+          returnRows: table.job.relauncher !== undefined,
         });
         this.o.log.info({ job, ...r }, 'queued tasks given back');
+        await runRelauncher(this.hooks, table, this.o.db, this.o.log, rows);
       } catch (err) {
         this.o.log.error({ err, job }, 'could not give back queued tasks');
       }
