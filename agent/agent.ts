@@ -230,6 +230,7 @@ export class Agent {
       tables: this.tables,
       sampleMs: 1000,
       windowMs: 10_000,
+      idleAfterMs: 60_000,
     });
     this.rates.start();
     this.started.push(async () => this.rates.stop());

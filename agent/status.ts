@@ -16,6 +16,8 @@ export interface JobRatesOptions {
   sampleMs: number;
   /** The window the rate is taken over (ms). */
   windowMs: number;
+  /** Counting pauses when nobody asked for a rate this long (ms): an unwatched agent costs nothing. */
+  idleAfterMs: number;
 }
 
 /**
@@ -23,11 +25,14 @@ export interface JobRatesOptions {
  * counter hooks') over the last windowMs, from counts this agent takes every sampleMs. The
  * figure does not depend on who reads /status nor how often, so two peers show about the same
  * rate (their samples differ by less than one sampling period). A count that fails is skipped.
+ * Counting runs only while someone reads the rate (/status, the dashboard, `pampa status`): the
+ * first read after a quiet spell shows 0 until two counts were taken.
  */
 export class JobRates {
   private samples = new Map<string, { at: number; closed: number }[]>();
   private timer: NodeJS.Timeout | undefined;
   private sampling = false;
+  private lastRead = -Infinity;
 
   constructor(private readonly o: JobRatesOptions) {}
 
@@ -45,6 +50,10 @@ export class JobRates {
 
   private async sample(): Promise<void> {
     if (this.sampling) return;
+    if (performance.now() - this.lastRead > this.o.idleAfterMs) {
+      this.samples.clear();
+      return;
+    }
     this.sampling = true;
     try {
       for (const [name, t] of this.o.tables) {
@@ -62,6 +71,9 @@ export class JobRates {
 
   /** Tasks closed per second over the window; 0 until two samples were taken. */
   rate(job: string): number {
+    const wasIdle = performance.now() - this.lastRead > this.o.idleAfterMs;
+    this.lastRead = performance.now();
+    if (wasIdle) void this.sample();
     const list = this.samples.get(job) ?? [];
     if (list.length < 2) return 0;
     const first = list[0];
