@@ -21,7 +21,8 @@ import { canRunSshd, freePort, startTestSshd, type TestSshd } from './helpers/ss
 
 const skip = canRunSshd ? false : 'needs root, /usr/sbin/sshd and sudo';
 const ROOT = process.cwd();
-const PASSWORD = 'Farm-' + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
+const PASSWORD =
+  'Farm-' + Math.random().toString(36).slice(2) + Math.random().toString(36).slice(2);
 const U = { a: 'pampa-fm-a', b: 'pampa-fm-b', c: 'pampa-fm-c', d: 'pampa-fm-d' };
 const log = pino({ level: process.env.PAMPA_LOG_LEVEL ?? 'warn' });
 
@@ -105,91 +106,95 @@ test('an inline password is refused before anything is built or sent', { skip },
   assert.equal(sshd.log().slice(before), '', 'no connection reached sshd');
 });
 
-test('one run: two nodes install under the shipped Node and mesh, two fail alone', { skip }, async () => {
-  assert.ok(sshd && db);
-  const [statusA, statusB, statusD, p2pA, p2pB, p2pD] = await Promise.all(
-    Array.from({ length: 6 }, () => freePort()),
-  );
-  // d's status port is taken, so its agent cannot start: its first install must roll back.
-  busy = createServer().listen(statusD, '127.0.0.1');
-  const node = (name: string, user: string, status: number, p2p: number, auth: object) => ({
-    name,
-    host: '127.0.0.1',
-    port: sshd?.port,
-    user,
-    statusPort: status,
-    listen: [`/ip4/127.0.0.1/tcp/${p2p}`],
-    maxWorkers: 1,
-    ...auth,
-  });
-  writeFileSync(
-    configFile,
-    configText([
-      node('a', U.a, statusA, p2pA, { privateKeyFile: sshd.keyFile }),
-      node('b', U.b, statusB, p2pB, { password: '@env:FARM_B_PASSWORD' }),
-      node('c', U.c, await freePort(), await freePort(), { password: '@env:FARM_C_PASSWORD' }),
-      node('d', U.d, statusD, p2pD, { privateKeyFile: sshd.keyFile }),
-    ]),
-  );
-  process.env.FARM_B_PASSWORD = PASSWORD;
-  process.env.FARM_C_PASSWORD = 'not-the-password';
-  execFileSync(process.execPath, ['dist/src/cli/main.js', 'migrate', '--config', configFile], {
-    env: { ...process.env, PAMPA_LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
+test(
+  'one run: two nodes install under the shipped Node and mesh, two fail alone',
+  { skip },
+  async () => {
+    assert.ok(sshd && db);
+    const [statusA, statusB, statusD, p2pA, p2pB, p2pD] = await Promise.all(
+      Array.from({ length: 6 }, () => freePort()),
+    );
+    // d's status port is taken, so its agent cannot start: its first install must roll back.
+    busy = createServer().listen(statusD, '127.0.0.1');
+    const node = (name: string, user: string, status: number, p2p: number, auth: object) => ({
+      name,
+      host: '127.0.0.1',
+      port: sshd?.port,
+      user,
+      statusPort: status,
+      listen: [`/ip4/127.0.0.1/tcp/${p2p}`],
+      maxWorkers: 1,
+      ...auth,
+    });
+    writeFileSync(
+      configFile,
+      configText([
+        node('a', U.a, statusA, p2pA, { privateKeyFile: sshd.keyFile }),
+        node('b', U.b, statusB, p2pB, { password: '@env:FARM_B_PASSWORD' }),
+        node('c', U.c, await freePort(), await freePort(), { password: '@env:FARM_C_PASSWORD' }),
+        node('d', U.d, statusD, p2pD, { privateKeyFile: sshd.keyFile }),
+      ]),
+    );
+    process.env.FARM_B_PASSWORD = PASSWORD;
+    process.env.FARM_C_PASSWORD = 'not-the-password';
+    execFileSync(process.execPath, ['dist/src/cli/main.js', 'migrate', '--config', configFile], {
+      env: { ...process.env, PAMPA_LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
 
-  bundle = await buildBundle({ configFile });
-  const outcomes = await install({
-    configFile,
-    knownHostsFile,
-    bundle,
-    shipNode: true,
-    agentWaitMs: 30_000,
-    log,
-  });
-  const table = formatTable(outcomes);
-  process.stdout.write(table.replace(/^/gm, '# '));
-  const by = new Map(outcomes.map((o) => [o.node, o]));
+    bundle = await buildBundle({ configFile });
+    const outcomes = await install({
+      configFile,
+      knownHostsFile,
+      bundle,
+      shipNode: true,
+      agentWaitMs: 30_000,
+      log,
+    });
+    const table = formatTable(outcomes);
+    process.stdout.write(table.replace(/^/gm, '# '));
+    const by = new Map(outcomes.map((o) => [o.node, o]));
 
-  for (const n of ['a', 'b']) {
-    assert.equal(by.get(n)?.result, 'installed', `${n}: ${by.get(n)?.reason}`);
-    assert.equal(by.get(n)?.mesh, '2/2', `${n} sees the other installed node`);
-  }
-  assert.match(table, /^a +installed +\w{12} +12D3KooW\S+ +2\/2 /m);
-  assert.equal(by.get('c')?.result, 'failed');
-  assert.match(by.get('c')?.reason ?? '', /authentication failed/);
-  assert.equal(by.get('d')?.result, 'failed');
-  assert.match(by.get('d')?.reason ?? '', /agent did not (start|answer)/);
-  for (const n of ['c', 'd']) {
-    assert.equal(by.get(n)?.mesh, undefined);
-    assert.equal(by.get(n)?.reason?.includes('\n'), false);
-  }
+    for (const n of ['a', 'b']) {
+      assert.equal(by.get(n)?.result, 'installed', `${n}: ${by.get(n)?.reason}`);
+      assert.equal(by.get(n)?.mesh, '2/2', `${n} sees the other installed node`);
+    }
+    assert.match(table, /^a +installed +\w{12} +12D3KooW\S+ +2\/2 /m);
+    assert.equal(by.get('c')?.result, 'failed');
+    assert.match(by.get('c')?.reason ?? '', /authentication failed/);
+    assert.equal(by.get('d')?.result, 'failed');
+    assert.match(by.get('d')?.reason ?? '', /agent did not (start|answer)/);
+    for (const n of ['c', 'd']) {
+      assert.equal(by.get(n)?.mesh, undefined);
+      assert.equal(by.get(n)?.reason?.includes('\n'), false);
+    }
 
-  // --ship-node: the agents run the uploaded binary, not the system one.
-  for (const user of [U.a, U.b]) {
-    const pid = readFileSync(`${home(user)}/run/agent.pid`, 'utf8').trim();
-    const exe = execFileSync('readlink', [`/proc/${pid}/exe`], { encoding: 'utf8' }).trim();
-    assert.ok(exe.startsWith(`${home(user)}/runtime/node-${process.version}-`), exe);
-  }
+    // --ship-node: the agents run the uploaded binary, not the system one.
+    for (const user of [U.a, U.b]) {
+      const pid = readFileSync(`${home(user)}/run/agent.pid`, 'utf8').trim();
+      const exe = execFileSync('readlink', [`/proc/${pid}/exe`], { encoding: 'utf8' }).trim();
+      assert.ok(exe.startsWith(`${home(user)}/runtime/node-${process.version}-`), exe);
+    }
 
-  // d's failed first install left nothing: no directory, no pid file, no process.
-  assert.ok(!existsSync(home(U.d)), 'install directory of d left behind');
-  const left = spawnSync('pgrep', ['-u', U.d, '-f', 'main.js agent|supervise.sh'], {
-    encoding: 'utf8',
-  });
-  assert.equal(left.stdout.trim(), '', 'processes of d left behind');
+    // d's failed first install left nothing: no directory, no pid file, no process.
+    assert.ok(!existsSync(home(U.d)), 'install directory of d left behind');
+    const left = spawnSync('pgrep', ['-u', U.d, '-f', 'main.js agent|supervise.sh'], {
+      encoding: 'utf8',
+    });
+    assert.equal(left.stdout.trim(), '', 'processes of d left behind');
 
-  // The SSH password reached no file, process list or agent log on the node.
-  assert.deepEqual(processesWith(PASSWORD), []);
-  const grep = spawnSync('grep', ['-rlF', PASSWORD, home(U.b)], { encoding: 'utf8' });
-  assert.equal(grep.stdout, '', 'password found in the install directory');
-  assert.ok(readFileSync(`${home(U.b)}/log/agent.log`, 'utf8').length > 0);
+    // The SSH password reached no file, process list or agent log on the node.
+    assert.deepEqual(processesWith(PASSWORD), []);
+    const grep = spawnSync('grep', ['-rlF', PASSWORD, home(U.b)], { encoding: 'utf8' });
+    assert.equal(grep.stdout, '', 'password found in the install directory');
+    assert.ok(readFileSync(`${home(U.b)}/log/agent.log`, 'utf8').length > 0);
 
-  const removed = new Map(
-    (await uninstall({ configFile, knownHostsFile, log })).map((o) => [o.node, o]),
-  );
-  assert.equal(removed.get('a')?.result, 'removed', removed.get('a')?.reason);
-  assert.equal(removed.get('b')?.result, 'removed', removed.get('b')?.reason);
-  assert.equal(removed.get('d')?.result, 'absent');
-  assert.ok(!existsSync(home(U.a)) && !existsSync(home(U.b)));
-});
+    const removed = new Map(
+      (await uninstall({ configFile, knownHostsFile, log })).map((o) => [o.node, o]),
+    );
+    assert.equal(removed.get('a')?.result, 'removed', removed.get('a')?.reason);
+    assert.equal(removed.get('b')?.result, 'removed', removed.get('b')?.reason);
+    assert.equal(removed.get('d')?.result, 'absent');
+    assert.ok(!existsSync(home(U.a)) && !existsSync(home(U.b)));
+  },
+);

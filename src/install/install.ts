@@ -199,6 +199,12 @@ export function registerInstallCommands(program: Command): void {
       positiveInt,
       60,
     )
+    .option(
+      '--mesh-wait <seconds>',
+      'how long the installed agents have, together, to see each other alive',
+      positiveInt,
+      defaultMeshWaitMs / 1000,
+    )
     .action(
       async (opts: {
         config: string;
@@ -207,6 +213,7 @@ export function registerInstallCommands(program: Command): void {
         concurrency: number;
         shipNode?: boolean;
         agentWait: number;
+        meshWait: number;
       }) => {
         const outcomes = await install({
           configFile: opts.config,
@@ -215,6 +222,7 @@ export function registerInstallCommands(program: Command): void {
           concurrency: opts.concurrency,
           shipNode: opts.shipNode,
           agentWaitMs: opts.agentWait * 1000,
+          meshWaitMs: opts.meshWait * 1000,
         });
         process.stdout.write(formatTable(outcomes));
         if (outcomes.some((o) => o.result === 'failed') || !meshComplete(outcomes))

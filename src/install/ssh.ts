@@ -208,10 +208,12 @@ export class SshSession {
         stream?.destroy();
         reject(new SshError(`status port ${port} timed out`, 'tunnel'));
       }, timeoutMs);
-      const done = <T>(fn: (v: T) => void) => (v: T) => {
-        clearTimeout(timer);
-        fn(v);
-      };
+      const done =
+        <T>(fn: (v: T) => void) =>
+        (v: T) => {
+          clearTimeout(timer);
+          fn(v);
+        };
       this.client.forwardOut('127.0.0.1', 0, '127.0.0.1', port, (err, channel) => {
         if (err) {
           done(reject)(new SshError(`tunnel to port ${port}: ${err.message}`, 'tunnel'));

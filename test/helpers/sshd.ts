@@ -50,7 +50,10 @@ export function freePort(): Promise<number> {
 export function removeUser(name: string): void {
   let pids: string[] = [];
   try {
-    pids = execFileSync('pgrep', ['-u', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+    pids = execFileSync('pgrep', ['-u', name], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
       .split('\n')
       .filter(Boolean);
   } catch {
