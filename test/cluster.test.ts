@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
@@ -50,6 +50,7 @@ if (process.env.PAMPA_CLUSTER_TEST !== '1') {
 }
 
 let tb: Testbed;
+let upAttempted = false;
 let bundle: Bundle | undefined;
 let db: pg.Pool;
 // Inside the package, so the config module can `import … from 'pampa'` (self-reference).
@@ -67,9 +68,10 @@ function configText(extra: { table?: string; comment?: string } = {}): string {
     maxWorkers: 2,
     // tb1: plain key; tb2: password (its sudo wants a tty); tb3: key with passphrase.
     ...(i === 0 ? { user: h.keyUser, privateKeyFile: tb.keyFile } : {}),
-    ...(i === 1 ? { user: h.passwordUser, password: tb.password } : {}),
+    // Secrets come from the environment, so they are not in the shipped config module.
+    ...(i === 1 ? { user: h.passwordUser, password: '@env:TB_PASSWORD' } : {}),
     ...(i === 2
-      ? { user: h.keyUser, privateKeyFile: tb.encryptedKeyFile, passphrase: tb.passphrase }
+      ? { user: h.keyUser, privateKeyFile: tb.encryptedKeyFile, passphrase: '@env:TB_PASSPHRASE' }
       : {}),
   }));
 
@@ -79,7 +81,7 @@ import { defineCluster, defineJob } from 'pampa';
 export default defineCluster({
   name: 'tb',
   databaseUrl: ${JSON.stringify(tb.databaseUrl)},
-  nodes: ${JSON.stringify(nodes, null, 2)},
+  nodes: ${JSON.stringify(nodes, null, 2).replace(/"@env:(\w+)"/g, 'process.env.$1')},
   jobs: [
     defineJob({
       name: 'search_odd_numbers',
@@ -149,19 +151,37 @@ async function until<T>(what: string, ms: number, fn: () => Promise<T | null | u
   }
 }
 
+/** Every process whose command line contains `text` (from /proc/<pid>/cmdline). */
+function processesWith(text: string): string[] {
+  const hits: string[] = [];
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`).includes(text)) hits.push(pid);
+    } catch {
+      // gone meanwhile
+    }
+  }
+
+  return hits;
+}
+
 function authRequests(h: Testbed['hosts'][number]): number {
   return (readFileSync(h.sshdLog, 'utf8').match(/userauth-request/g) ?? []).length;
 }
 
 before(async () => {
   if (skip) return;
+  upAttempted = true;
   const up = spawnSync(TESTBED, ['up'], { encoding: 'utf8' });
   if (up.status === 3) {
     skip = 'network namespaces cannot be created here: ' + up.stderr.trim();
+    upAttempted = false;
     return;
   }
   assert.equal(up.status, 0, `scripts/testbed up failed:\n${up.stdout}\n${up.stderr}`);
   tb = JSON.parse(readFileSync('/run/pampa-testbed/testbed.json', 'utf8')) as Testbed;
+  process.env.TB_PASSWORD = tb.password;
+  process.env.TB_PASSPHRASE = tb.passphrase;
   assert.ok(tb.databaseUrl, 'the test bed has no PostgreSQL');
 
   mkdirSync(work, { recursive: true });
@@ -179,13 +199,33 @@ before(async () => {
 after(async () => {
   await db?.end();
   if (bundle) await disposeBundle(bundle);
-  if (tb) spawnSync(TESTBED, ['down'], { stdio: 'ignore' });
+  // Also after an `up` that failed partway, which leaves namespaces, users and sshds behind.
+  if (upAttempted) spawnSync(TESTBED, ['down'], { stdio: 'ignore' });
   rmSync(work, { recursive: true, force: true });
 });
 
 test('install on 3 hosts, mesh, demo job, link cut, idempotence, upgrade, rollback, host keys, uninstall', async (t) => {
   if (skip) return t.skip(skip);
   const nodes = await plans();
+
+  // A password written in the config module (shipped to every node): refused before any
+  // connection.
+  const inline = join(work, 'inline.config.mjs');
+  writeFileSync(
+    inline,
+    configText().replace('process.env.TB_PASSWORD', JSON.stringify(tb.password)),
+  );
+  const logsBefore = tb.hosts.map((h) => readFileSync(h.sshdLog, 'utf8').length);
+  await assert.rejects(
+    install({ configFile: inline, knownHostsFile, acceptNew: true, log }),
+    /node "tb2": its password is written in .*inline\.config\.mjs.*process\.env\.TB2_PASSWORD/,
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(
+    tb.hosts.map((h) => readFileSync(h.sshdLog, 'utf8').length),
+    logsBefore,
+    'no connection was made',
+  );
 
   // Unknown keys under the default (strict) policy: refused, nothing sent.
   const authBefore = tb.hosts.map(authRequests);
@@ -200,11 +240,26 @@ test('install on 3 hosts, mesh, demo job, link cut, idempotence, upgrade, rollba
   // First install, pinning the keys. The bundle is kept for the idempotence check, as other
   // builds of dist/ may run on this machine meanwhile and would change the content hash.
   bundle = await buildBundle({ configFile });
-  const first = byNode(await run({ acceptNew: true, bundle }));
+  const firstOutcomes = await run({ acceptNew: true, bundle });
+  const first = byNode(firstOutcomes);
   for (const h of tb.hosts) {
     const o = first.get(h.name);
     assert.equal(o?.result, 'installed', `${h.name}: ${o?.reason}`);
     assert.match(o?.peerId ?? '', /^12D3KooW/);
+    assert.equal(o?.mesh, '3/3', `${h.name} sees the three nodes`);
+  }
+  assert.match(formatTable(firstOutcomes), /^tb1 +installed +\w{12} +12D3KooW\S+ +3\/3 /m);
+
+  // The SSH password and key passphrase are nowhere on the nodes: no file under the install
+  // directories, no process's command line, no agent log.
+  for (const secret of [tb.password, tb.passphrase]) {
+    for (const [i, h] of tb.hosts.entries()) {
+      const dir = `/home/${i === 1 ? h.passwordUser : h.keyUser}/.pampa`;
+      const grep = spawnSync('grep', ['-rlF', secret, dir], { encoding: 'utf8' });
+      assert.equal(grep.status, 1, `${h.name}: secret found in ${grep.stdout}`);
+      assert.ok(readFileSync(`${dir}/log/agent.log`, 'utf8').length > 0);
+    }
+    assert.deepEqual(processesWith(secret), [], 'a process command line holds a secret');
   }
   const version = first.get('tb1')?.version;
   assert.equal(new Set([...first.values()].map((o) => o.peerId)).size, 3);
@@ -221,8 +276,16 @@ test('install on 3 hosts, mesh, demo job, link cut, idempotence, upgrade, rollba
 
   // The demo job runs; tb3's link is cut mid-run; the others finish its tasks.
   await until('a quarter of the tasks', 90_000, async () => (await progress()).done >= TASKS / 4);
-  const cutAt = (await progress()).done;
   execFileSync(TESTBED, ['cut', '3']);
+  const cutAt = (await progress()).done;
+  // What tb3 held (reserved or running) when its link went down.
+  const held = (
+    await db.query<{ value: string }>(
+      `SELECT value::text FROM numbers
+        WHERE split_part(search_odd_numbers_reserved_by, '.', 1) = 'tb3' AND odd IS NULL`,
+    )
+  ).rows.map((r) => r.value);
+  assert.ok(held.length > 0, 'tb3 held tasks at the cut');
   const t0 = Date.now();
   try {
     await until('every task', 180_000, async () => (await progress()).done === TASKS);
@@ -237,6 +300,19 @@ test('install on 3 hosts, mesh, demo job, link cut, idempotence, upgrade, rollba
     `SELECT DISTINCT split_part(search_odd_numbers_reserved_by, '.', 1) AS node FROM numbers`,
   );
   assert.ok(finishers.rows.length >= 2, 'more than one node did tasks');
+  const takenOver = await db.query<{ node: string; odd: boolean | null }>(
+    `SELECT split_part(search_odd_numbers_reserved_by, '.', 1) AS node, odd
+       FROM numbers WHERE value = ANY($1::bigint[])`,
+    [held],
+  );
+  assert.equal(takenOver.rows.length, held.length);
+  for (const row of takenOver.rows) {
+    assert.notEqual(row.odd, null);
+    assert.ok(['tb1', 'tb2'].includes(row.node), `a task of tb3 finished by ${row.node}`);
+  }
+  // A dispatcher was elected: the lease holder shows in /status.
+  const seen = (await statusOf(nodes[0])) as { dispatcher?: { holderNode: string | null } } | null;
+  assert.ok(seen?.dispatcher?.holderNode, 'a dispatcher holds the lease');
 
   // Second run with the same bundle: nothing restarted.
   const again = byNode(await run({ bundle }));

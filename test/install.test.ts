@@ -6,7 +6,7 @@
  * skipped with a message otherwise.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -21,6 +21,10 @@ import {
   hostVerifier,
 } from '../src/install/hostkeys.js';
 import { formatTable, mapBounded } from '../src/install/install.js';
+import { ClusterSchema } from '../src/config/schema.js';
+import { unitFile, unitName } from '../src/install/layout.js';
+import { foreignLibraries, assertShippableRuntime } from '../src/install/runtime.js';
+import { InlineSecretError, assertNoShippedSecrets } from '../src/install/secrets.js';
 import { SshError, SshSession, type SshTarget } from '../src/install/ssh.js';
 import { SudoError, detectSudo, runSudo, sudoDeadlineMs } from '../src/install/sudo.js';
 
@@ -442,9 +446,16 @@ describe('orchestration helpers', () => {
     assert.equal(peak, 3);
   });
 
-  test('the table lists node, result, version, peer id, seconds, then the reasons', () => {
+  test('the table lists node, result, version, peer id, mesh, seconds, then the reasons', () => {
     const text = formatTable([
-      { node: 'a', result: 'installed', version: 'abc123', peerId: '12D3KooX', seconds: 3.21 },
+      {
+        node: 'a',
+        result: 'installed',
+        version: 'abc123',
+        peerId: '12D3KooX',
+        mesh: '3/3',
+        seconds: 3.21,
+      },
       {
         node: 'bb',
         result: 'failed',
@@ -457,13 +468,104 @@ describe('orchestration helpers', () => {
     assert.equal(
       text,
       [
-        'node  result     version  peer id   seconds',
-        '----  ---------  -------  --------  -------',
-        'a     installed  abc123   12D3KooX  3.2',
-        'bb    failed     -        -         0.5',
+        'node  result     version  peer id   mesh  seconds',
+        '----  ---------  -------  --------  ----  -------',
+        'a     installed  abc123   12D3KooX  3/3   3.2',
+        'bb    failed     -        -         -     0.5',
         'bb: host key of x CHANGED',
         '',
       ].join('\n'),
     );
+  });
+});
+
+describe('what is shipped', () => {
+  const cluster = (nodes: object[]) =>
+    ClusterSchema.parse({
+      name: 'c',
+      databaseUrl: 'postgres://x@h/db',
+      nodes,
+      jobs: [{ name: 'j', table: 't', primaryKey: 'id', run: () => undefined }],
+    });
+
+  test('a credential written in the config text is refused; one read from env passes', async () => {
+    const d = mkdtempSync(join(tmpdir(), 'pampa-secrets-'));
+    try {
+      const file = join(d, 'pampa.config.mjs');
+      writeFileSync(file, `nodes: [{ name: 'n1', password: "pa\\"ss" }, { name: 'n2' }]`);
+      await assert.rejects(
+        assertNoShippedSecrets(cluster([{ name: 'n1', password: 'pa"ss' }]), [file]),
+        (e: unknown) => {
+          assert.ok(e instanceof InlineSecretError);
+          assert.match(e.message, /node "n1": its password is written in .*pampa\.config\.mjs/);
+          assert.match(e.message, /process\.env\.N1_PASSWORD/);
+
+          return true;
+        },
+      );
+      const key = 'AAAAC3NzaC1lZDI1NTE5AAAAIG1234567890abcdefghijklmnopqrstuvwxyzABCD';
+      writeFileSync(file, `privateKey: \`-----BEGIN KEY-----\n${key}\n-----END KEY-----\``);
+      const withKey = cluster([{ name: 'n2', privateKey: `-----BEGIN KEY-----\r\n${key}\r\n` }]);
+      await assert.rejects(assertNoShippedSecrets(withKey, [file]), /its privateKey is written/);
+      writeFileSync(file, `password: process.env.N1_PASSWORD, passphrase: process.env.P`);
+      const fromEnv = cluster([{ name: 'n1', password: 'secret-1', passphrase: 'secret-2' }]);
+      await assertNoShippedSecrets(fromEnv, [file]);
+    } finally {
+      rmSync(d, { recursive: true });
+    }
+  });
+
+  test('a Node runtime is shipped only when it needs no library beyond the base system', async () => {
+    const debian = [
+      'linux-vdso.so.1 (0x00007ffd)',
+      'libnode.so.108 => /lib/x86_64-linux-gnu/libnode.so.108 (0x00007f)',
+      'libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)',
+      'libuv.so.1 => not found',
+      '/lib64/ld-linux-x86-64.so.2 (0x00007f)',
+    ].join('\n');
+    assert.deepEqual(foreignLibraries(debian), ['libnode.so.108', 'libuv.so.1']);
+    const official = [
+      'linux-vdso.so.1 (0x00007ffd)',
+      'libdl.so.2 => /lib/x86_64-linux-gnu/libdl.so.2 (0x00007f)',
+      'libstdc++.so.6 => /lib/x86_64-linux-gnu/libstdc++.so.6 (0x00007f)',
+      'libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f)',
+      'libgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)',
+      'libpthread.so.0 => /lib/x86_64-linux-gnu/libpthread.so.0 (0x00007f)',
+      'libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)',
+      '/lib64/ld-linux-x86-64.so.2 (0x00007f)',
+    ].join('\n');
+    assert.deepEqual(foreignLibraries(official), []);
+    // A binary linked against a library outside the base: refused with what to do.
+    const withSsl = execFileSync('ldd', ['/usr/bin/ssh'], { encoding: 'utf8' });
+    assert.notDeepEqual(foreignLibraries(withSsl), [], withSsl);
+    await assert.rejects(
+      assertShippableRuntime('/usr/bin/ssh'),
+      /cannot ship this machine's Node runtime \(\/usr\/bin\/ssh\).*install Node 20\+ on the node/,
+    );
+    await assertShippableRuntime('/bin/true');
+  });
+
+  test('the systemd unit names the node, user and root, and passes systemd-analyze', async () => {
+    const unit = await unitFile('/opt/pampa', 'n1', 'pampa');
+    assert.doesNotMatch(unit, /\{\{/);
+    assert.match(unit, /^User=pampa$/m);
+    assert.match(unit, /^WorkingDirectory=\/opt\/pampa$/m);
+    assert.match(unit, /^ExecStart=\/bin\/sh \/opt\/pampa\/agent\.sh$/m);
+    assert.match(unit, /^Restart=always$/m);
+    assert.match(unit, /^WantedBy=multi-user\.target$/m);
+    const analyze = spawnSync('systemd-analyze', ['--version'], { encoding: 'utf8' });
+    if (analyze.status !== 0) return;
+    const d = mkdtempSync(join(tmpdir(), 'pampa-unit-'));
+    try {
+      writeFileSync(join(d, 'agent.sh'), '#!/bin/sh\n');
+      writeFileSync(join(d, unitName), await unitFile(d, 'n1', 'root'));
+      const r = spawnSync('systemd-analyze', ['verify', join(d, unitName)], { encoding: 'utf8' });
+      const complaints = (r.stderr + r.stdout)
+        .split('\n')
+        .filter((l) => l.includes(unitName) && !/not running|Failed to (connect|create)/.test(l));
+      assert.deepEqual(complaints, [], r.stderr);
+    } finally {
+      rmSync(d, { recursive: true });
+    }
   });
 });

@@ -53,7 +53,7 @@ const NOBODY = 65534;
 
 const execFileAsync = promisify(execFile);
 
-interface Binaries {
+export interface Binaries {
   binDir: string;
   source: 'system' | 'embedded';
 }
@@ -119,7 +119,7 @@ function currentIdentity(): Identity {
 }
 
 /** System binaries when `pg_config --bindir` names a dir with initdb and postgres, else embedded. */
-async function findBinaries(): Promise<Binaries> {
+export async function findBinaries(): Promise<Binaries> {
   try {
     const { stdout } = await execFileAsync('pg_config', ['--bindir']);
     const dir = stdout.trim();

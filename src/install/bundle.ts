@@ -17,6 +17,8 @@ import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { loadConfig } from '../config/load.js';
+import { assertNoShippedSecrets } from './secrets.js';
 
 const run = promisify(execFile);
 
@@ -26,7 +28,8 @@ const run = promisify(execFile);
  *   package/               `npm pack` of this project (dist/src, dist/agent, agent/*.service)
  *   package/node_modules/  its production dependencies, copied from this machine
  *   node_modules/pampa  →  ../package, so the config module can `import … from 'pampa'`
- *   config/<file>          the user's config module
+ *   config/<file>          the user's config module (refused when it holds a node's SSH
+ *                          password, passphrase or private key: see secrets.ts)
  *   VERSION                the content hash below
  *
  * The version is a hash of the content (paths, exec bits, bytes), so an unchanged project
@@ -64,6 +67,7 @@ export function packageRoot(): string {
 
 export async function buildBundle(options: BundleOptions): Promise<Bundle> {
   const project = options.projectDir ?? packageRoot();
+  await assertNoShippedSecrets(await loadConfig(options.configFile), [options.configFile]);
   const dir = await mkdtemp(join(tmpdir(), 'pampa-bundle-'));
   const staging = join(dir, 'release');
 

@@ -6,6 +6,8 @@ import type { ClusterConfig } from '../config/schema.js';
 import { componentLogger, type Logger } from '../log.js';
 import { buildBundle, disposeBundle, type Bundle } from './bundle.js';
 import { KnownHosts, defaultKnownHostsFile } from './hostkeys.js';
+import { checkMesh, defaultMeshWaitMs, meshComplete } from './mesh-check.js';
+import { assertNoShippedSecrets } from './secrets.js';
 import { installNode, uninstallNode, type NodeOutcome, type NodePlan } from './remote.js';
 
 export interface InstallOptions {
@@ -21,6 +23,8 @@ export interface InstallOptions {
   shipNode?: boolean;
   /** How long a started agent has to answer on its status port (ms, default 60 s). */
   agentWaitMs?: number;
+  /** How long the installed agents have, together, to see each other alive (ms, default 30 s). */
+  meshWaitMs?: number;
   log?: Logger;
   /**
    * A bundle built beforehand with `buildBundle` (e.g. to install one release on several
@@ -86,6 +90,8 @@ export async function mapBounded<T, R>(
 export async function install(options: InstallOptions): Promise<NodeOutcome[]> {
   const log = options.log ?? componentLogger('install');
   const config = await loadConfig(options.configFile);
+  // Before anything is built or sent: the config module goes to every node.
+  await assertNoShippedSecrets(config, [options.configFile]);
   const plans = await planNodes(config);
   const knownHosts = await KnownHosts.load(options.knownHostsFile ?? defaultKnownHostsFile());
 
@@ -96,7 +102,8 @@ export async function install(options: InstallOptions): Promise<NodeOutcome[]> {
   }
 
   try {
-    return await mapBounded(plans, options.concurrency ?? defaultConcurrency, (plan) =>
+    const concurrency = options.concurrency ?? defaultConcurrency;
+    const outcomes = await mapBounded(plans, concurrency, (plan) =>
       installNode(plan, {
         bundle,
         knownHosts,
@@ -106,6 +113,14 @@ export async function install(options: InstallOptions): Promise<NodeOutcome[]> {
         log,
       }),
     );
+    await checkMesh(plans, outcomes, {
+      knownHosts,
+      waitMs: options.meshWaitMs ?? defaultMeshWaitMs,
+      concurrency,
+      log,
+    });
+
+    return outcomes;
   } finally {
     if (!options.bundle) await disposeBundle(bundle);
   }
@@ -123,15 +138,19 @@ export async function uninstall(options: InstallOptions): Promise<NodeOutcome[]>
   );
 }
 
-/** node | result | version | peer id | seconds, then one reason line per failed node. */
+/**
+ * node | result | version | peer id | mesh | seconds, then one reason line per node that failed
+ * or did not see the whole mesh. `mesh` is "seen/expected" nodes of the run alive.
+ */
 export function formatTable(outcomes: NodeOutcome[]): string {
   const rows = [
-    ['node', 'result', 'version', 'peer id', 'seconds'],
+    ['node', 'result', 'version', 'peer id', 'mesh', 'seconds'],
     ...outcomes.map((o) => [
       o.node,
       o.result,
       o.version ?? '-',
       o.peerId ?? '-',
+      o.mesh ?? '-',
       o.seconds.toFixed(1),
     ]),
   ];
@@ -180,6 +199,12 @@ export function registerInstallCommands(program: Command): void {
       positiveInt,
       60,
     )
+    .option(
+      '--mesh-wait <seconds>',
+      'how long the installed agents have, together, to see each other alive',
+      positiveInt,
+      defaultMeshWaitMs / 1000,
+    )
     .action(
       async (opts: {
         config: string;
@@ -188,6 +213,7 @@ export function registerInstallCommands(program: Command): void {
         concurrency: number;
         shipNode?: boolean;
         agentWait: number;
+        meshWait: number;
       }) => {
         const outcomes = await install({
           configFile: opts.config,
@@ -196,9 +222,11 @@ export function registerInstallCommands(program: Command): void {
           concurrency: opts.concurrency,
           shipNode: opts.shipNode,
           agentWaitMs: opts.agentWait * 1000,
+          meshWaitMs: opts.meshWait * 1000,
         });
         process.stdout.write(formatTable(outcomes));
-        if (outcomes.some((o) => o.result === 'failed')) process.exitCode = 1;
+        if (outcomes.some((o) => o.result === 'failed') || !meshComplete(outcomes))
+          process.exitCode = 1;
       },
     );
 

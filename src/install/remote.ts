@@ -10,6 +10,7 @@ import {
   unitName,
   unitPath,
 } from './layout.js';
+import { assertShippableRuntime } from './runtime.js';
 import { SshError, SshSession, type SshTarget } from './ssh.js';
 import { SudoError, detectSudo, runSudo, shellQuote as q, type SudoAccess } from './sudo.js';
 
@@ -42,6 +43,8 @@ export interface NodeOutcome {
   version: string | null;
   peerId: string | null;
   seconds: number;
+  /** Nodes of the run this agent saw alive, "seen/expected", once the run checked the mesh. */
+  mesh?: string;
   /** One line: why it failed, or what was noticed. */
   reason?: string;
 }
@@ -243,6 +246,8 @@ export async function installNode(plan: NodePlan, options: RemoteOptions): Promi
         `the node has no Node >= 20 and its arch ${facts.arch} differs from this machine's ${process.arch}`,
       );
     }
+    // Before anything is written: a runtime that needs libraries the node may lack is refused.
+    if (shipNode) await assertShippableRuntime();
     const runtimeDir = `${root}/runtime/node-${process.version}-${process.arch}`;
     const nodeBin = shipNode ? `${runtimeDir}/node` : (facts.nodeBin as string);
     const script = agentScript({

@@ -201,29 +201,37 @@ export class SshSession {
     timeoutMs = 3_000,
   ): Promise<{ status: number; body: string }> {
     return new Promise((resolve, reject) => {
-      this.client.forwardOut('127.0.0.1', 0, '127.0.0.1', port, (err, stream) => {
-        if (err) return reject(new SshError(`tunnel to port ${port}: ${err.message}`, 'tunnel'));
+      // An own timer: the tunnel's channel has no socket timeout, so http's `timeout` option
+      // never fires on a port whose listener accepts and stays silent.
+      let stream: Duplex | undefined;
+      const timer = setTimeout(() => {
+        stream?.destroy();
+        reject(new SshError(`status port ${port} timed out`, 'tunnel'));
+      }, timeoutMs);
+      const done =
+        <T>(fn: (v: T) => void) =>
+        (v: T) => {
+          clearTimeout(timer);
+          fn(v);
+        };
+      this.client.forwardOut('127.0.0.1', 0, '127.0.0.1', port, (err, channel) => {
+        if (err) {
+          done(reject)(new SshError(`tunnel to port ${port}: ${err.message}`, 'tunnel'));
+          return;
+        }
+        stream = channel as unknown as Duplex;
 
         const req = request(
-          {
-            host: '127.0.0.1',
-            port,
-            path,
-            timeout: timeoutMs,
-            createConnection: () => stream as unknown as Duplex as never,
-          },
+          { host: '127.0.0.1', port, path, createConnection: () => stream as never },
           (res) => {
             let body = '';
             res.setEncoding('utf8');
             res.on('data', (c: string) => (body += c));
-            res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-            res.on('error', reject);
+            res.on('end', () => done(resolve)({ status: res.statusCode ?? 0, body }));
+            res.on('error', done(reject));
           },
         );
-        req.on('timeout', () =>
-          req.destroy(new SshError(`status port ${port} timed out`, 'tunnel')),
-        );
-        req.on('error', reject);
+        req.on('error', done(reject));
         req.end();
       });
     });
