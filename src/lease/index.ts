@@ -11,3 +11,6 @@ export type {
   ResignOptions,
   TermOptions,
 } from './statements.js';
+export { LeaseThread } from './lease-thread.js';
+export type { LeaseThreadOptions } from './lease-thread.js';
+export { SharedTerm } from './shared-term.js';
