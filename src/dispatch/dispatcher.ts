@@ -55,7 +55,15 @@ export interface DispatcherOptions {
   log: Logger;
 }
 
-type Fence = { sql: (first: number) => string; params: unknown[] };
+/**
+ * The round's fence, and check(): throws LeaseLost unless the round's token is still good by
+ * this agent's own clock (inside its renewal deadline). Called right before every write, so
+ * a write is never even sent after the deadline, however long the hooks before it took.
+ */
+type Fence = { sql: (first: number) => string; params: unknown[]; check: () => void };
+
+/** The lease term a round started with ended (by the local deadline) before one of its writes. */
+class LeaseLost extends Error {}
 
 /** Assignments are decided at most this often, besides when the set of live workers changes. */
 const STRETCH_EVERY_MS = 250;
@@ -140,6 +148,10 @@ export class Dispatcher {
     const fence: Fence = {
       sql: (first: number) => fenceSql(leasesTable(this.o.schema), first),
       params: fenceParams(token) as unknown[],
+      check: () => {
+        if (this.o.token()?.epoch !== token.epoch)
+          throw new LeaseLost(`lease epoch ${token.epoch} no longer held; write not sent`);
+      },
     };
     this.rounds++;
     try {
@@ -173,13 +185,17 @@ export class Dispatcher {
         if (!selection) continue;
         const workers = live.filter((w) => this.assigned.get(w) === job && !stalled.has(w));
         if (workers.length === 0) continue;
-        if (!this.o.token()) return;
+        fence.check();
         await this.isolated(table, 'selecting', () =>
           this.reserve(job, table, workers, selection, fence, token.epoch),
         );
       }
       this.lastError = null;
     } catch (err) {
+      if (err instanceof LeaseLost) {
+        this.o.log.info({ epoch: token.epoch }, 'dispatch round stopped: lease no longer held');
+        return;
+      }
       this.lastError = err instanceof Error ? err.message : String(err);
       const level = isTransientDbError(err) ? 'warn' : 'error';
       this.o.log[level]({ err }, 'dispatch round failed');
@@ -242,6 +258,7 @@ export class Dispatcher {
       if ((this.assigned.get(w) ?? null) !== job) changes.set(w, job);
     }
     if (changes.size === 0) return;
+    fence.check();
     const written = await writeAssignments(
       this.o.db,
       this.o.schema,
@@ -306,6 +323,7 @@ export class Dispatcher {
       for (let i = 0; i < free; i++) slots.push(w);
     }
     if (slots.length === 0) return;
+    fence.check();
     const given = await reserveTasks(this.o.db, table, interleave(slots), fence, selection);
     const n = [...given.values()].reduce((a, b) => a + b, 0);
     this.o.onRound?.(job, (performance.now() - t0) / 1000, n);
@@ -324,6 +342,7 @@ export class Dispatcher {
       // stuck one overrunKillGraceMs later; the dispatcher steps in two scans after that, when
       // that worker is evidently gone.
       const lateMs = Defaults.overrunKillGraceMs + 2 * this.o.relaunchScanMs;
+      fence.check();
       const overrun = await releaseTasks(this.o.db, table, {
         reason: `no result within maxJobDurationMinutes (${j.maxJobDurationMinutes} min)`,
         startedOlderThanSeconds: j.maxJobDurationMinutes * 60 + lateMs / 1000,
@@ -333,6 +352,7 @@ export class Dispatcher {
       });
       await this.relaunched(table, 'overrun', overrun.requeued + overrun.closed, overrun.rows);
       if (dead.length > 0) {
+        fence.check();
         const gone = await releaseTasks(this.o.db, table, {
           reason: 'worker lost: its node died',
           nodes: dead,
@@ -359,6 +379,7 @@ export class Dispatcher {
       );
       if (got.ok && got.value) {
         const where = { sql: got.value.where, params: got.value.params ?? [] };
+        fence.check();
         const rows = await this.isolated(table, 'relaunching', () =>
           reopenTasks(this.o.db, table, { where, limit, fence }),
         );
@@ -366,6 +387,7 @@ export class Dispatcher {
       }
     }
     if (j.recurEverySeconds !== undefined) {
+      fence.check();
       const rows = await reopenTasks(this.o.db, table, {
         endedMoreThanSecondsAgo: j.recurEverySeconds,
         limit,
@@ -378,6 +400,7 @@ export class Dispatcher {
       const tick = CronExpressionParser.parse(j.cron, { currentDate: now.rows[0].now })
         .prev()
         .toDate();
+      fence.check();
       const rows = await reopenTasks(this.o.db, table, { endedBefore: tick, limit, fence });
       await this.relaunched(table, 'recurrent', rows.length, rows);
     }
@@ -397,7 +420,7 @@ export class Dispatcher {
     try {
       return await fn();
     } catch (err) {
-      if (!t.job[hook] || isTransientDbError(err)) throw err;
+      if (!t.job[hook] || isTransientDbError(err) || err instanceof LeaseLost) throw err;
       this.hooks.report(t.job.name, hook, err);
 
       return null;

@@ -3,7 +3,8 @@ import { Worker } from 'node:worker_threads';
 import { pino } from 'pino';
 import type { Logger } from '../log.js';
 import type { LeaseToken } from './fence.js';
-import { monoMs, type LeaseEvents, type LeaseStatus } from './lease.js';
+import { monoMs, withTimeout } from './clock.js';
+import type { LeaseEvents, LeaseStatus } from './lease.js';
 import { SharedTerm } from './shared-term.js';
 import type { FromThread, ThreadData, ToThread } from './thread.js';
 
@@ -203,17 +204,5 @@ export class LeaseThread extends EventEmitter<LeaseEvents> {
 
   private send(message: ToThread): void {
     this.worker?.postMessage(message);
-  }
-}
-
-async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, ms);
-  });
-  try {
-    await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }

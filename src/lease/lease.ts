@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import type pg from 'pg';
 import type { Logger } from '../log.js';
 import type { LeaseToken } from './fence.js';
+import { monoMs, withTimeout } from './clock.js';
 import { acquire, renew, resign, type AcquireResult, type LeaseRow } from './statements.js';
 
 export interface LeaseOptions {
@@ -28,15 +29,6 @@ export interface LeaseOptions {
    * succeeded (with the new confirmation time), and on step-down (null). Times are monoMs().
    */
   onTerm?: (term: { epoch: number; confirmedAt: number } | null) => void;
-}
-
-/**
- * The lease's clock: ms of process.hrtime, a monotonic clock shared by every thread of the
- * process (performance.now() has a time origin per thread), so a confirmation time written by
- * the lease thread can be judged by the main thread.
- */
-export function monoMs(): number {
-  return Number(process.hrtime.bigint()) / 1e6;
 }
 
 export type StepDownReason = 'lost' | 'deadline' | 'stop';
@@ -386,18 +378,5 @@ export class Lease extends EventEmitter<LeaseEvents> {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     this.tickTimer = null;
     this.deadlineTimer = null;
-  }
-}
-
-/** Resolves to the value, or to undefined once `ms` passed; never rejects on timeout. */
-async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }
