@@ -8,7 +8,7 @@ import { inspectJobTable, type JobTable } from '../src/db/table.js';
 import { readAssignments } from '../src/dispatch/assignments.js';
 import { Dispatcher, type EligibleWorker } from '../src/dispatch/dispatcher.js';
 import { releaseTasks } from '../src/dispatch/release.js';
-import { Lease } from '../src/lease/lease.js';
+import { LeaseThread } from '../src/lease/lease-thread.js';
 import type { Logger } from '../src/log.js';
 import { AgentMetrics } from '../src/status/metrics.js';
 import { StatusServer } from '../src/status/server.js';
@@ -46,7 +46,7 @@ export class Agent {
   private db!: pg.Pool;
   private tables = new Map<string, JobTable>();
   private pool!: WorkerPool;
-  private lease!: Lease;
+  private lease!: LeaseThread;
   private dispatcher!: Dispatcher;
   private listener!: NewTaskListener;
   private standalone!: StandaloneRunner;
@@ -119,8 +119,11 @@ export class Agent {
     }
     await this.readAssignments(workerIds);
 
-    this.lease = new Lease({
-      pool: this.db,
+    // The lease runs in a thread of its own with its own connection: user hooks running in
+    // this event loop, or a busy pool, cannot delay its renewals.
+    this.lease = new LeaseThread({
+      url,
+      applicationName: `${this.agentId}/lease`,
       schema: c.schema,
       cluster: c.name,
       holder: this.agentId,

@@ -59,7 +59,15 @@ export interface DispatcherOptions {
   log: Logger;
 }
 
-type Fence = { sql: (first: number) => string; params: unknown[] };
+/**
+ * The round's fence, and check(): throws LeaseLost unless the round's token is still good by
+ * this agent's own clock (inside its renewal deadline). Called right before every write, so
+ * a write is never even sent after the deadline, however long the hooks before it took.
+ */
+type Fence = { sql: (first: number) => string; params: unknown[]; check: () => void };
+
+/** The lease term a round started with ended (by the local deadline) before one of its writes. */
+class LeaseLost extends Error {}
 
 /** Assignments are decided at most this often, besides when the set of live workers changes. */
 const STRETCH_EVERY_MS = 250;
@@ -154,6 +162,10 @@ export class Dispatcher {
     const fence: Fence = {
       sql: (first: number) => fenceSql(leasesTable(this.o.schema), first),
       params: fenceParams(token) as unknown[],
+      check: () => {
+        if (this.o.token()?.epoch !== token.epoch)
+          throw new LeaseLost(`lease epoch ${token.epoch} no longer held; write not sent`);
+      },
     };
     this.rounds++;
     try {
@@ -188,13 +200,13 @@ export class Dispatcher {
         if (!selection || this.reserving.has(job)) continue;
         const workers = live.filter((w) => this.assigned.get(w) === job && !stalled.has(w));
         if (workers.length === 0) continue;
-        if (!this.o.token()) return;
+        fence.check();
         const step = this.isolated(table, 'selecting', () =>
           this.reserve(job, table, workers, selection, fence, token.epoch),
         )
           .then(
             () => undefined,
-            (err: unknown) => this.failed(err),
+            (err: unknown) => this.failed(err, token.epoch),
           )
           .finally(() => this.reserving.delete(job));
         this.reserving.set(job, step);
@@ -207,11 +219,15 @@ export class Dispatcher {
       ]).finally(() => clearTimeout(waited));
       this.lastError = null;
     } catch (err) {
-      this.failed(err);
+      this.failed(err, token.epoch);
     }
   }
 
-  private failed(err: unknown): void {
+  private failed(err: unknown, epoch: number): void {
+    if (err instanceof LeaseLost) {
+      this.o.log.info({ epoch }, 'dispatch round stopped: lease no longer held');
+      return;
+    }
     this.lastError = err instanceof Error ? err.message : String(err);
     const level = isTransientDbError(err) ? 'warn' : 'error';
     this.o.log[level]({ err }, 'dispatch round failed');
@@ -273,6 +289,7 @@ export class Dispatcher {
       if ((this.assigned.get(w) ?? null) !== job) changes.set(w, job);
     }
     if (changes.size === 0) return;
+    fence.check();
     const written = await writeAssignments(
       this.o.db,
       this.o.schema,
@@ -330,6 +347,7 @@ export class Dispatcher {
       for (let i = j.queueSize - (queued.get(w) ?? 0); i > 0; i--) slots.push(w);
     }
     if (slots.length === 0) return;
+    fence.check();
     const t0 = performance.now();
     const given = await reserveTasks(this.o.db, table, interleave(slots), fence, selection);
     const n = [...given.values()].reduce((a, b) => a + b, 0);
@@ -349,6 +367,7 @@ export class Dispatcher {
       // stuck one overrunKillGraceMs later; the dispatcher steps in two scans after that, when
       // that worker is evidently gone.
       const lateMs = Defaults.overrunKillGraceMs + 2 * this.o.relaunchScanMs;
+      fence.check();
       const overrun = await releaseTasks(this.o.db, table, {
         reason: `no result within maxJobDurationMinutes (${j.maxJobDurationMinutes} min)`,
         startedOlderThanSeconds: j.maxJobDurationMinutes * 60 + lateMs / 1000,
@@ -358,6 +377,7 @@ export class Dispatcher {
       });
       await this.relaunched(table, 'overrun', overrun.requeued + overrun.closed, overrun.rows);
       if (dead.length > 0) {
+        fence.check();
         const gone = await releaseTasks(this.o.db, table, {
           reason: 'worker lost: its node died',
           nodes: dead,
@@ -384,6 +404,7 @@ export class Dispatcher {
       );
       if (got.ok && got.value) {
         const where = { sql: got.value.where, params: got.value.params ?? [] };
+        fence.check();
         const rows = await this.isolated(table, 'relaunching', () =>
           reopenTasks(this.o.db, table, { where, limit, fence }),
         );
@@ -391,6 +412,7 @@ export class Dispatcher {
       }
     }
     if (j.recurEverySeconds !== undefined) {
+      fence.check();
       const rows = await reopenTasks(this.o.db, table, {
         endedMoreThanSecondsAgo: j.recurEverySeconds,
         limit,
@@ -403,6 +425,7 @@ export class Dispatcher {
       const tick = CronExpressionParser.parse(j.cron, { currentDate: now.rows[0].now })
         .prev()
         .toDate();
+      fence.check();
       const rows = await reopenTasks(this.o.db, table, { endedBefore: tick, limit, fence });
       await this.relaunched(table, 'recurrent', rows.length, rows);
     }
@@ -422,7 +445,7 @@ export class Dispatcher {
     try {
       return await fn();
     } catch (err) {
-      if (!t.job[hook] || isTransientDbError(err)) throw err;
+      if (!t.job[hook] || isTransientDbError(err) || err instanceof LeaseLost) throw err;
       this.hooks.report(t.job.name, hook, err);
 
       return null;

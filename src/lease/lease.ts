@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
-import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
 import type { Logger } from '../log.js';
 import type { LeaseToken } from './fence.js';
+import { monoMs, withTimeout } from './clock.js';
 import { acquire, renew, resign, type AcquireResult, type LeaseRow } from './statements.js';
 
 export interface LeaseOptions {
@@ -24,6 +24,11 @@ export interface LeaseOptions {
    */
   renewDeadlineMs: number;
   log: Logger;
+  /**
+   * Told the term this instance holds whenever it changes: on election, on every renewal that
+   * succeeded (with the new confirmation time), and on step-down (null). Times are monoMs().
+   */
+  onTerm?: (term: { epoch: number; confirmedAt: number } | null) => void;
 }
 
 export type StepDownReason = 'lost' | 'deadline' | 'stop';
@@ -133,7 +138,7 @@ export class Lease extends EventEmitter<LeaseEvents> {
   isHeld(): boolean {
     if (!this.held) return false;
 
-    return performance.now() - this.held.confirmedAt < this.options.renewDeadlineMs;
+    return monoMs() - this.held.confirmedAt < this.options.renewDeadlineMs;
   }
 
   /** The fencing token for dispatcher writes; null when not held. */
@@ -146,7 +151,7 @@ export class Lease extends EventEmitter<LeaseEvents> {
   status(): LeaseStatus {
     const known = this.known;
     const msToExpiry = known
-      ? Math.max(0, Math.round(known.msToExpiry - (performance.now() - known.receivedAt)))
+      ? Math.max(0, Math.round(known.msToExpiry - (monoMs() - known.receivedAt)))
       : null;
 
     return {
@@ -164,7 +169,7 @@ export class Lease extends EventEmitter<LeaseEvents> {
   private async tick(): Promise<void> {
     this.tickTimer = null;
     const generation = this.generation;
-    const startedAt = performance.now();
+    const startedAt = monoMs();
     // After a pause (SIGSTOP, a blocked event loop) this tick may run before the deadline
     // timer: a term past its deadline is never renewed back to life, it ends here.
     if (this.held && !this.isHeld()) this.stepDown('deadline');
@@ -179,13 +184,13 @@ export class Lease extends EventEmitter<LeaseEvents> {
 
     if (!this.running || generation !== this.generation) return;
 
-    const delay = Math.max(0, startedAt + this.options.renewIntervalMs - performance.now());
+    const delay = Math.max(0, startedAt + this.options.renewIntervalMs - monoMs());
     this.tickTimer = setTimeout(() => void this.tick(), delay);
   }
 
   private async tryAcquire(generation: number): Promise<void> {
     const { pool, schema, cluster, holder, ttlMs } = this.options;
-    const sentAt = performance.now();
+    const sentAt = monoMs();
     const outcome = await this.call(
       acquire(pool, schema, { cluster, holder, ttlMs, timeoutMs: this.callTimeoutMs }),
       (row) => this.learnFromAcquire(row),
@@ -194,14 +199,14 @@ export class Lease extends EventEmitter<LeaseEvents> {
 
     if (!this.running || generation !== this.generation || this.held) return;
 
-    if (performance.now() - sentAt >= this.options.renewDeadlineMs) return;
+    if (monoMs() - sentAt >= this.options.renewDeadlineMs) return;
 
     this.elect(outcome.value.epoch, sentAt);
   }
 
   private async renewTerm(epoch: number): Promise<void> {
     const { pool, schema, cluster, holder, ttlMs } = this.options;
-    const sentAt = performance.now();
+    const sentAt = monoMs();
     const outcome = await this.call(
       renew(pool, schema, { cluster, holder, epoch, ttlMs, timeoutMs: this.callTimeoutMs }),
       (row) => this.learnFromRenew(epoch, row),
@@ -219,8 +224,10 @@ export class Lease extends EventEmitter<LeaseEvents> {
     }
 
     this.held.confirmedAt = Math.max(this.held.confirmedAt, sentAt);
-    if (this.isHeld()) this.armDeadline();
-    else this.stepDown('deadline');
+    if (this.isHeld()) {
+      this.options.onTerm?.({ ...this.held });
+      this.armDeadline();
+    } else this.stepDown('deadline');
   }
 
   /**
@@ -263,13 +270,13 @@ export class Lease extends EventEmitter<LeaseEvents> {
   private learnFromAcquire(row: AcquireResult | null): void {
     if (!row) return;
 
-    this.known = { ...row, receivedAt: performance.now() };
+    this.known = { ...row, receivedAt: monoMs() };
     this.term = row.acquired ? row.epoch : null;
   }
 
   private learnFromRenew(epoch: number, row: LeaseRow | null): void {
     if (row) {
-      this.known = { ...row, receivedAt: performance.now() };
+      this.known = { ...row, receivedAt: monoMs() };
     } else if (this.term === epoch) {
       this.term = null;
     }
@@ -278,8 +285,10 @@ export class Lease extends EventEmitter<LeaseEvents> {
   private elect(epoch: number, sentAt: number): void {
     this.held = { epoch, confirmedAt: sentAt };
     this.elections += 1;
+    this.options.onTerm?.({ ...this.held });
     this.armDeadline();
-    this.log.info({ epoch }, 'lease elected');
+    const expiresInS = this.known ? Math.round(this.known.msToExpiry / 100) / 10 : null;
+    this.log.info({ epoch, expires_in_s: expiresInS }, 'lease elected');
     this.emitSafely('elected', () => this.emit('elected', epoch));
   }
 
@@ -288,10 +297,11 @@ export class Lease extends EventEmitter<LeaseEvents> {
     if (!held) return;
 
     this.held = null;
+    this.options.onTerm?.(null);
     this.stepDowns += 1;
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     this.deadlineTimer = null;
-    const sinceConfirmedMs = Math.round(performance.now() - held.confirmedAt);
+    const sinceConfirmedMs = Math.round(monoMs() - held.confirmedAt);
     this.log.info(
       { epoch: held.epoch, reason, since_confirmed_ms: sinceConfirmedMs },
       'lease stepped down',
@@ -304,7 +314,7 @@ export class Lease extends EventEmitter<LeaseEvents> {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     if (!this.held) return;
 
-    const left = this.held.confirmedAt + this.options.renewDeadlineMs - performance.now();
+    const left = this.held.confirmedAt + this.options.renewDeadlineMs - monoMs();
     this.deadlineTimer = setTimeout(
       () => {
         this.deadlineTimer = null;
@@ -368,18 +378,5 @@ export class Lease extends EventEmitter<LeaseEvents> {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
     this.tickTimer = null;
     this.deadlineTimer = null;
-  }
-}
-
-/** Resolves to the value, or to undefined once `ms` passed; never rejects on timeout. */
-async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), ms);
-  });
-  try {
-    return await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
   }
 }
