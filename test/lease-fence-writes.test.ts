@@ -120,11 +120,12 @@ describe('dispatcher writes under a stale, foreign or expired lease', () => {
   test('reopenTasks (relaunching hook and recurrence)', async () => {
     await rows(3, { closed: true, by: 'w1' });
     const before = await snapshot();
-    const reopen = (fence: Fence) =>
-      Promise.all([
-        reopenTasks(db.pool, t, { where: { sql: 'id > $1', params: [0] }, limit: 10, fence }),
-        reopenTasks(db.pool, t, { endedMoreThanSecondsAgo: 1, limit: 10, fence }),
-      ]);
+    const byHook = (fence: Fence) =>
+      reopenTasks(db.pool, t, { where: { sql: 'id > $1', params: [0] }, limit: 10, fence });
+    const byAge = (fence: Fence) =>
+      reopenTasks(db.pool, t, { endedMoreThanSecondsAgo: 1, limit: 10, fence });
+    // One after the other: run at once, the first to lock the rows would leave none to the other.
+    const reopen = async (fence: Fence) => [await byHook(fence), await byAge(fence)];
     for (const [what, fence] of refused()) {
       assert.deepEqual(
         (await reopen(fence)).map((r) => r.length),
@@ -141,8 +142,9 @@ describe('dispatcher writes under a stale, foreign or expired lease', () => {
     );
     assert.equal(await snapshot(), before);
     await db.pool.query(`UPDATE ${leasesTable(SCHEMA)} SET expires_at = now() + interval '1 hour'`);
-    const [hooked] = await reopen(fenceOf(current));
-    assert.equal(hooked.length, 3, 'the current holder reopens');
+    assert.equal((await byHook(fenceOf(current))).length, 3, 'the current holder reopens');
+    await rows(3, { closed: true, by: 'w1' });
+    assert.equal((await byAge(fenceOf(current))).length, 3, 'the current holder recurs');
   });
 
   test('releaseTasks (overrun and dead node)', async () => {
