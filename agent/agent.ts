@@ -14,6 +14,7 @@ import { AgentMetrics } from '../src/status/metrics.js';
 import { StatusServer } from '../src/status/server.js';
 import { VERSION } from '../src/version.js';
 import { WorkerPool } from '../src/worker/pool.js';
+import { agentSilentMs } from '../src/worker/protocol.js';
 import { StandaloneRunner } from '../src/worker/standalone.js';
 import { buildStatus, JobRates } from './status.js';
 import { ClusterView } from './cluster-view.js';
@@ -155,9 +156,7 @@ export class Agent {
       tables: this.tables,
       db: this.db,
       pollMs: c.workerPollMs,
-      // Well before another node may take this one for dead (nodeDeadAfterMs after its last
-      // registry heartbeat), a worker of a paused agent has stopped its task.
-      agentSilentMs: Math.floor(c.mesh.nodeDeadAfterMs / 2),
+      agentSilentMs: agentSilentMs(c.mesh.nodeDeadAfterMs),
       log: this.log.child({ component: 'workers' }),
       onCapacity: () => {
         this.dispatcher?.kick();
@@ -288,6 +287,7 @@ export class Agent {
       schema: c.schema,
       db: this.db,
       lease: c.lease,
+      agentSilentMs: agentSilentMs(c.mesh.nodeDeadAfterMs),
       processes: c.standalone,
       isHolder: () => this.lease.token() !== null && !this.draining,
       log: this.log.child({ component: 'standalone' }),

@@ -185,10 +185,7 @@ describe('standalone processes', { concurrency: false }, () => {
   );
 
   test('the stop bounds come before the lease can move', () => {
-    assert.deepEqual(stopBounds({ ttlMs: 3000, renewDeadlineMs: 2000 }), {
-      graceMs: 500,
-      agentSilentMs: 2000,
-    });
+    assert.deepEqual(stopBounds({ ttlMs: 3000, renewDeadlineMs: 2000 }), { graceMs: 500 });
     assert.deepEqual(stopBounds({ ttlMs: 1000, renewDeadlineMs: 1000 }).graceMs, 0);
   });
 

@@ -75,7 +75,7 @@ describe('dispatcher writes after a hook that outlived the lease term', () => {
   }
 
   /** Runs one round of a fresh dispatcher over `t` with one live worker w1. */
-  async function round(t: JobTable): Promise<void> {
+  async function round(t: JobTable): Promise<Dispatcher> {
     const d = new Dispatcher({
       db: db.pool,
       schema: SCHEMA,
@@ -100,6 +100,8 @@ describe('dispatcher writes after a hook that outlived the lease term', () => {
       1,
       'the database would accept the write',
     );
+
+    return d;
   }
 
   const count = async (where: string): Promise<number> =>
@@ -150,5 +152,25 @@ describe('dispatcher writes after a hook that outlived the lease term', () => {
     endTermInHook = false;
     await round(t);
     assert.equal(await count('ended_at IS NULL'), 3, 'control: the same round reopens');
+  });
+
+  test('a reservation that fails stays in the dispatcher status after its round', async () => {
+    await db.pool.query(
+      `INSERT INTO qa_task (id, payload) SELECT g, 'p' FROM generate_series(1, 5) g`,
+    );
+    // The column goes between the table's inspection and the reservation statement.
+    const t = await table({
+      allowing: async (_w, ctx) => {
+        await ctx.db.query('ALTER TABLE qa_task RENAME COLUMN rsv_by TO rsv_by_gone');
+        return true;
+      },
+    });
+    endTermInHook = false;
+    try {
+      const d = await round(t);
+      assert.match(d.status().lastError ?? '', /rsv_by/);
+    } finally {
+      await db.pool.query('ALTER TABLE qa_task RENAME COLUMN rsv_by_gone TO rsv_by');
+    }
   });
 });

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import type { Worker } from 'node:worker_threads';
 import { pino, type Logger } from 'pino';
 import { migrate } from '../src/db/migrations.js';
 import { LeaseThread, readLease, type LeaseThreadOptions } from '../src/lease/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
 import { StallingProxy } from './helpers/db-proxy.js';
+import { waitFor } from './helpers/fixture.js';
 
 const SCHEMA = 'pampa';
 
@@ -16,6 +18,7 @@ interface LogLine {
   reason?: string;
   resigned?: boolean;
   expires_in_s?: number;
+  delayMs?: number;
 }
 
 function captureLog(): { log: Logger; lines: LogLine[] } {
@@ -23,19 +26,6 @@ function captureLog(): { log: Logger; lines: LogLine[] } {
   const log = pino({ level: 'info' }, { write: (s: string) => lines.push(JSON.parse(s)) });
 
   return { log: log.child({ component: 'lease' }), lines };
-}
-
-async function waitFor(
-  what: string,
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 function busyWait(ms: number): void {
@@ -139,5 +129,30 @@ describe('LeaseThread', () => {
     assert.equal(a.isHeld(), false);
     await waitFor('a stepped-down event', () => events.length > 0);
     assert.deepEqual(events, [`deadline ${stale.epoch}`]);
+  });
+
+  test('a lease thread that dies is restarted, waiting longer each time it dies young', async () => {
+    const cluster = 'thread-dies';
+    const { log, lines } = captureLog();
+    const a = makeLease({ holder: 'a', cluster, log, renewIntervalMs: 100 });
+    await a.start();
+    await waitFor('a elected', () => a.token() !== null);
+    const threadOf = (l: LeaseThread) => (l as unknown as { worker: Worker | null }).worker;
+    const restarts = (): LogLine[] => lines.filter((l) => l.msg.startsWith('lease thread exited'));
+
+    for (let n = 1; n <= 2; n++) {
+      const thread = threadOf(a);
+      assert.ok(thread, `thread ${n} running`);
+      await thread.terminate();
+      await waitFor(`thread ${n} restarted`, () => threadOf(a) && threadOf(a) !== thread);
+      assert.equal(a.status().threadRestarts, n);
+    }
+    // The second thread lived well under 10 s: its successor waited twice as long.
+    assert.deepEqual(
+      restarts().map((l) => l.delayMs),
+      [100, 200],
+    );
+    await waitFor('a holds the lease again', () => a.token() !== null);
+    assert.equal((await readLease(db.pool, SCHEMA, cluster))?.holder, 'a');
   });
 });

@@ -164,7 +164,6 @@ export async function runChecks(
   for (const r of facts.runs) if (r.agentId) runsById.set(r.agentId, r);
   const agentOf = (app: string) => app.split('/')[0];
   const nodeOfWorker = (w: string | null) => (w ?? '').split('.')[0];
-  /** The time the execution's agent run died, when it died without a clean stop. */
   /**
    * When an open execution ended at the latest: its worker process's first death after its
    * start (a worker that stops by itself, e.g. its agent silent, leaves the record open), or its

@@ -1,9 +1,10 @@
+import pMap from 'p-map';
 import { CronExpressionParser } from 'cron-parser';
 import type pg from 'pg';
 import { Defaults } from '../config/defaults.js';
 import type { JobTable } from '../db/table.js';
 import { isTransientDbError } from '../db/pool.js';
-import { HOOK_CONCURRENCY, mapLimited, runRelauncher } from '../hooks/relauncher.js';
+import { HOOK_CONCURRENCY, runRelauncher } from '../hooks/relauncher.js';
 import { HookResults, HookRunner, hookContext } from '../hooks/run.js';
 import type { Logger } from '../log.js';
 import { fenceParams, fenceSql, type LeaseToken } from '../lease/fence.js';
@@ -95,6 +96,8 @@ export class Dispatcher {
   private lastStretch = 0;
   private rounds = 0;
   private lastError: string | null = null;
+  /** Failures so far: a round clears lastError only when none came while it ran. */
+  private failures = 0;
   /** Worker → job, as last read or written; reread whenever this agent (re)gains the lease. */
   private assigned = new Map<string, string | null>();
   private assignedEpoch = -1;
@@ -168,6 +171,7 @@ export class Dispatcher {
       },
     };
     this.rounds++;
+    const failuresBefore = this.failures;
     try {
       if (Date.now() - this.lastScan >= this.o.relaunchScanMs) {
         this.lastScan = Date.now();
@@ -217,7 +221,7 @@ export class Dispatcher {
         Promise.all(steps),
         new Promise((r) => (waited = setTimeout(r, STEP_WAIT_MS))),
       ]).finally(() => clearTimeout(waited));
-      this.lastError = null;
+      if (this.failures === failuresBefore) this.lastError = null;
     } catch (err) {
       this.failed(err, token.epoch);
     }
@@ -228,6 +232,7 @@ export class Dispatcher {
       this.o.log.info({ epoch }, 'dispatch round stopped: lease no longer held');
       return;
     }
+    this.failures++;
     this.lastError = err instanceof Error ? err.message : String(err);
     const level = isTransientDbError(err) ? 'warn' : 'error';
     this.o.log[level]({ err }, 'dispatch round failed');
@@ -325,8 +330,10 @@ export class Dispatcher {
       // The workers' hook calls run at once (HOOK_CONCURRENCY at a time): hanging hooks cost
       // this step one hook timeout, not one per worker.
       const occupied = j.occupied;
-      const got = await mapLimited(workers, HOOK_CONCURRENCY, (w) =>
-        this.hooks.call(job, 'occupied', () => occupied(w, ctx), HookResults.count),
+      const got = await pMap(
+        workers,
+        (w) => this.hooks.call(job, 'occupied', () => occupied(w, ctx), HookResults.count),
+        { concurrency: HOOK_CONCURRENCY },
       );
       queued = new Map(workers.map((w, i) => [w, got[i].ok ? got[i].value : j.queueSize]));
     } else {
@@ -335,8 +342,10 @@ export class Dispatcher {
     let open = workers.filter((w) => j.queueSize - (queued.get(w) ?? 0) > 0);
     if (j.allowing && open.length > 0) {
       const allowing = j.allowing;
-      const got = await mapLimited(open, HOOK_CONCURRENCY, (w) =>
-        this.hooks.call(job, 'allowing', () => allowing(w, ctx), HookResults.allowed),
+      const got = await pMap(
+        open,
+        (w) => this.hooks.call(job, 'allowing', () => allowing(w, ctx), HookResults.allowed),
+        { concurrency: HOOK_CONCURRENCY },
       );
       open = open.filter((_, i) => got[i].ok && got[i].value);
     }

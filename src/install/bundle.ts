@@ -18,6 +18,7 @@ import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { loadConfig } from '../config/load.js';
+import type { ClusterConfig } from '../config/schema.js';
 import { assertNoShippedSecrets } from './secrets.js';
 
 const run = promisify(execFile);
@@ -50,6 +51,8 @@ export interface Bundle {
 export interface BundleOptions {
   /** The user's config module. */
   configFile: string;
+  /** That module, already loaded (so its top-level code does not run again); default: load it. */
+  config?: ClusterConfig;
   /** Project to pack; default: the package this code belongs to. */
   projectDir?: string;
 }
@@ -67,7 +70,8 @@ export function packageRoot(): string {
 
 export async function buildBundle(options: BundleOptions): Promise<Bundle> {
   const project = options.projectDir ?? packageRoot();
-  await assertNoShippedSecrets(await loadConfig(options.configFile), [options.configFile]);
+  const config = options.config ?? (await loadConfig(options.configFile));
+  await assertNoShippedSecrets(config, [options.configFile]);
   const dir = await mkdtemp(join(tmpdir(), 'pampa-bundle-'));
   const staging = join(dir, 'release');
 

@@ -1,3 +1,4 @@
+import pMap from 'p-map';
 import { readFile } from 'node:fs/promises';
 import { homedir, userInfo } from 'node:os';
 import type { Command } from 'commander';
@@ -67,25 +68,6 @@ export async function planNodes(config: ClusterConfig): Promise<NodePlan[]> {
   );
 }
 
-/** Runs `fn` over `items`, at most `limit` at a time, keeping the order of the results. */
-export async function mapBounded<T, R>(
-  items: T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<R[]> {
-  const results: R[] = new Array(items.length);
-  let next = 0;
-  const lane = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
-
-  return results;
-}
-
 /** Installs or upgrades the agent on every node of the config; one outcome per node. */
 export async function install(options: InstallOptions): Promise<NodeOutcome[]> {
   const log = options.log ?? componentLogger('install');
@@ -96,22 +78,25 @@ export async function install(options: InstallOptions): Promise<NodeOutcome[]> {
   const knownHosts = await KnownHosts.load(options.knownHostsFile ?? defaultKnownHostsFile());
 
   const t0 = Date.now();
-  const bundle = options.bundle ?? (await buildBundle({ configFile: options.configFile }));
+  const bundle = options.bundle ?? (await buildBundle({ configFile: options.configFile, config }));
   if (!options.bundle) {
     log.info({ version: bundle.version, bytes: bundle.bytes, ms: Date.now() - t0 }, 'bundle built');
   }
 
   try {
     const concurrency = options.concurrency ?? defaultConcurrency;
-    const outcomes = await mapBounded(plans, concurrency, (plan) =>
-      installNode(plan, {
-        bundle,
-        knownHosts,
-        policy: options.acceptNew ? 'accept-new' : 'strict',
-        shipNode: options.shipNode ?? false,
-        agentWaitMs: options.agentWaitMs ?? 60_000,
-        log,
-      }),
+    const outcomes = await pMap(
+      plans,
+      (plan) =>
+        installNode(plan, {
+          bundle,
+          knownHosts,
+          policy: options.acceptNew ? 'accept-new' : 'strict',
+          shipNode: options.shipNode ?? false,
+          agentWaitMs: options.agentWaitMs ?? 60_000,
+          log,
+        }),
+      { concurrency },
     );
     await checkMesh(plans, outcomes, {
       knownHosts,
@@ -133,8 +118,11 @@ export async function uninstall(options: InstallOptions): Promise<NodeOutcome[]>
   const plans = await planNodes(config);
   const knownHosts = await KnownHosts.load(options.knownHostsFile ?? defaultKnownHostsFile());
 
-  return mapBounded(plans, options.concurrency ?? defaultConcurrency, (plan) =>
-    uninstallNode(plan, { knownHosts, policy: options.acceptNew ? 'accept-new' : 'strict', log }),
+  return pMap(
+    plans,
+    (plan) =>
+      uninstallNode(plan, { knownHosts, policy: options.acceptNew ? 'accept-new' : 'strict', log }),
+    { concurrency: options.concurrency ?? defaultConcurrency },
   );
 }
 

@@ -1,3 +1,4 @@
+import pMap from 'p-map';
 import type { Logger } from 'pino';
 import type { KnownHosts } from './hostkeys.js';
 import { connectNode, fetchStatus, type NodeOutcome, type NodePlan } from './remote.js';
@@ -30,8 +31,6 @@ export async function checkMesh(
   const names = members.map((o) => o.node);
   const deadline = Date.now() + options.waitMs;
   const pollMs = options.pollMs ?? 1_000;
-  const lanes = Math.max(1, Math.min(options.concurrency, members.length));
-  let next = 0;
 
   const checkOne = async (outcome: NodeOutcome): Promise<void> => {
     const plan = plans.find((p) => p.name === outcome.node) as NodePlan;
@@ -71,11 +70,7 @@ export async function checkMesh(
     options.log.warn({ node: plan.name, mesh: outcome.mesh, missing }, 'mesh incomplete');
   };
 
-  await Promise.all(
-    Array.from({ length: lanes }, async () => {
-      while (next < members.length) await checkOne(members[next++]);
-    }),
-  );
+  await pMap(members, checkOne, { concurrency: Math.max(1, options.concurrency) });
 }
 
 /** Whether every node that did not fail saw the whole mesh. */

@@ -13,8 +13,10 @@ export class InlineSecretError extends Error {
  * The config module is shipped to every node, so a credential written in its text would reach
  * every node (and every other node's credentials with it). Refuses, naming the node, the field
  * and the file, when the value of a node's password, passphrase or privateKey appears in the
- * text of a shipped file, as written or as a JavaScript string escapes it. Values read at load
- * time from the environment or from a key file are not in the text, and pass.
+ * text of a shipped file as a whole string literal (single, double or back quotes, as written
+ * or escaped), or, for a key, one of its body lines. Values read at load time from the
+ * environment or from a key file are not in the text, and pass; so does a value that only
+ * occurs inside other text (a password "pampa" beside a cluster named "pampa-farm").
  */
 export async function assertNoShippedSecrets(
   config: ClusterConfig,
@@ -27,7 +29,7 @@ export async function assertNoShippedSecrets(
     for (const field of secretFields) {
       const value = node[field];
       if (!value) continue;
-      const forms = new Set([value, JSON.stringify(value).slice(1, -1)]);
+      const forms = new Set(literals(value));
       // A key pasted into a template literal or concatenated strings: look for its body lines.
       if (field === 'privateKey') {
         for (const line of value.split('\n').map((l) => l.trim())) {
@@ -44,6 +46,23 @@ export async function assertNoShippedSecrets(
       }
     }
   }
+}
+
+/** The ways JavaScript source can spell `value` as one whole string literal. */
+function literals(value: string): string[] {
+  const escaped = (quote: string, newline: string): string =>
+    quote +
+    value.replaceAll('\\', '\\\\').replaceAll(quote, `\\${quote}`).replaceAll('\n', newline) +
+    quote;
+
+  return [
+    JSON.stringify(value),
+    escaped('"', '\\n'),
+    escaped("'", '\\n'),
+    escaped('`', '\\n'),
+    escaped('`', '\n'),
+    ...['"', "'", '`'].map((q) => q + value + q),
+  ];
 }
 
 function example(node: string, field: (typeof secretFields)[number]): string {

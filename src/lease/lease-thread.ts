@@ -22,6 +22,11 @@ export interface LeaseThreadOptions {
   log: Logger;
 }
 
+/** A thread that lived this long before it exited is restarted after renewIntervalMs (ms). */
+const STEADY_MS = 10_000;
+/** The longest wait before a thread that keeps exiting at once is started again (ms). */
+const MAX_RESTART_DELAY_MS = 30_000;
+
 /** Log fields the main thread's logger sets itself. */
 const DROPPED = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'component']);
 
@@ -32,7 +37,8 @@ const DROPPED = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'component']
  * judge the renewal deadline by the monotonic clock at the moment they are called, so after
  * the main thread was blocked they say at once whether the term is still good. Events and
  * log lines come from the thread; 'stepped-down' (reason 'deadline') also fires here when the
- * deadline passes before the thread says so. A thread that dies is restarted; its term ends
+ * deadline passes before the thread says so. A thread that dies is restarted renewIntervalMs
+ * later, the wait doubling (up to 30 s) while each new thread dies within 10 s; its term ends
  * at its deadline. Contract: start() once; stop() is final, ends the term at once (the thread
  * resigns it) and waits for the thread to end.
  */
@@ -48,6 +54,8 @@ export class LeaseThread extends EventEmitter<LeaseEvents> {
   private watchTimer: NodeJS.Timeout | null = null;
   private restartTimer: NodeJS.Timeout | null = null;
   private restarts = 0;
+  /** Exits in a row of threads that lived less than STEADY_MS: each doubles the restart delay. */
+  private quickExits = 0;
   private waiting = new Map<'started' | 'stopped', () => void>();
 
   constructor(options: LeaseThreadOptions) {
@@ -130,6 +138,7 @@ export class LeaseThread extends EventEmitter<LeaseEvents> {
       term: this.term.buffer,
     };
     const worker = new Worker(new URL('./thread.js', import.meta.url), { workerData: data });
+    const spawnedAt = monoMs();
     this.worker = worker;
     worker.on('message', (m: FromThread) => this.receive(m));
     worker.on('error', (err) => this.o.log.error({ err }, 'lease thread failed'));
@@ -140,8 +149,16 @@ export class LeaseThread extends EventEmitter<LeaseEvents> {
       this.waiting.clear();
       if (this.stopped) return;
       this.restarts += 1;
-      this.o.log.error({ code, restarts: this.restarts }, 'lease thread exited; restarting');
-      this.restartTimer = setTimeout(() => void this.spawn(), this.o.renewIntervalMs);
+      this.quickExits = monoMs() - spawnedAt < STEADY_MS ? this.quickExits + 1 : 0;
+      const delayMs = Math.min(
+        MAX_RESTART_DELAY_MS,
+        this.o.renewIntervalMs * 2 ** Math.max(0, this.quickExits - 1),
+      );
+      this.o.log.error(
+        { code, restarts: this.restarts, delayMs },
+        'lease thread exited; restarting (this agent cannot be the dispatcher meanwhile)',
+      );
+      this.restartTimer = setTimeout(() => void this.spawn(), delayMs);
     });
     const started = this.reply('started');
     this.send({ type: 'start' });
@@ -157,7 +174,9 @@ export class LeaseThread extends EventEmitter<LeaseEvents> {
       this.waiting.delete(m.type);
     } else if (m.type === 'elected') {
       // Already past its deadline (this thread was blocked meanwhile): never announced.
-      if (this.token()?.epoch === m.epoch) this.announce(m.epoch, 'lost');
+      if (this.token()?.epoch === m.epoch && this.announced !== m.epoch) {
+        this.announce(m.epoch, 'lost');
+      }
     } else if (m.type === 'stepped-down' && this.announced === m.epoch) {
       this.announce(null, m.reason);
     }
@@ -175,14 +194,25 @@ export class LeaseThread extends EventEmitter<LeaseEvents> {
     }
   }
 
-  /** The deadline passed and the thread has not said so yet (it may be stuck): step down here. */
+  /**
+   * Keeps the announced term in step with the shared one: the deadline passed and the thread
+   * has not said so yet (it may be stuck), so step down here; or a renewal answered just after
+   * the deadline brought the same term back (or a new one came before its message), so
+   * announce it.
+   */
   private watch(): void {
-    if (this.stopped || this.announced === null || this.isHeld()) return;
-    this.o.log.info(
-      { epoch: this.announced, reason: 'deadline' },
-      'lease deadline passed before the lease thread reported it',
-    );
-    this.announce(null, 'deadline');
+    if (this.stopped) return;
+    const epoch = this.token()?.epoch ?? null;
+    if (epoch === this.announced) return;
+    if (epoch === null) {
+      this.o.log.info(
+        { epoch: this.announced, reason: 'deadline' },
+        'lease deadline passed before the lease thread reported it',
+      );
+      this.announce(null, 'deadline');
+    } else {
+      this.announce(epoch, 'lost');
+    }
   }
 
   /** Logs a line of the thread's pino on the main logger, keeping its level and fields. */

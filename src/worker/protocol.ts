@@ -36,6 +36,15 @@ export const EXIT_AGENT_SILENT = 76;
 /** How often an agent tells its workers that it is alive (ms). */
 export const AGENT_ALIVE_MS = 250;
 
+/**
+ * How long a child process (worker or standalone run) waits for its silent agent before it
+ * stops (ms): half of nodeDeadAfterMs, well before another node may take the agent's node for
+ * dead (nodeDeadAfterMs after its last registry heartbeat) and relaunch its tasks.
+ */
+export function agentSilentMs(nodeDeadAfterMs: number): number {
+  return Math.floor(nodeDeadAfterMs / 2);
+}
+
 export type FromWorker =
   | { t: 'ready' }
   /** Started `n` tasks; the queue the dispatcher tops up just shrank. */

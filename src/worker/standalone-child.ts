@@ -11,12 +11,18 @@ import {
   EXIT_STANDALONE_STOPPED,
   type StandaloneInit,
 } from './standalone-protocol.js';
-import { completedAt, lockHolder, recordCompletion, tryLock } from './standalone-statements.js';
+import {
+  commitRun,
+  completedAt,
+  lockHolder,
+  recordCompletion,
+  tryLock,
+} from './standalone-statements.js';
 
 /**
  * One run of a standalone process, in a process of its own so that its code never blocks the
- * agent. It takes the process's advisory lock on a connection of its own before calling the
- * function: while another instance holds it, this run is skipped. The run is aborted
+ * agent. It takes the process's advisory lock, in a transaction kept open on a connection of
+ * its own, before calling the function: while another instance holds it, this run is skipped. The run is aborted
  * (ctx.signal), and the process exits `graceMs` later, when that connection is lost (the lock
  * with it), when its agent stops it (SIGTERM) and when its agent goes silent.
  */
@@ -111,6 +117,7 @@ async function runLocked(lock: pg.Client, p: StandaloneConfig): Promise<number> 
       startedAt,
     });
   }
+  await commitRun(lock);
 
   return 0;
 }

@@ -2,11 +2,13 @@ import type pg from 'pg';
 import { quoteIdent } from '../db/quote.js';
 
 /**
- * The standalone processes' statements. One instance at a time is a session-level advisory
- * lock, taken by the run's process on a connection of its own and held until that connection
- * ends: the two-key form, `(STANDALONE_LOCK_CLASS, hashtext('<cluster>/<name>'))`. The first
- * key is Pampa's namespace, so the lock cannot collide with one-key advisory locks (a separate
- * key space in PostgreSQL) nor with two-key locks whose first key differs.
+ * The standalone processes' statements. One instance at a time is a transaction-level advisory
+ * lock, taken by the run's process in a transaction it keeps open on a connection of its own
+ * for the whole run (so it holds behind a pooler in transaction mode too, which pins the
+ * server session to the transaction), and released when that transaction ends: the two-key
+ * form, `(STANDALONE_LOCK_CLASS, hashtext('<cluster>/<name>'))`. The first key is Pampa's
+ * namespace, so the lock cannot collide with one-key advisory locks (a separate key space in
+ * PostgreSQL) nor with two-key locks whose first key differs.
  */
 
 /** First key of the standalone processes' advisory locks: 'pams' (0x70616d73). */
@@ -16,14 +18,25 @@ export function lockName(cluster: string, name: string): string {
   return `${cluster}/${name}`;
 }
 
-/** Takes the lock for this session if it is free; never waits. */
+/**
+ * Opens the run's transaction and takes the lock in it if the lock is free (never waits); when
+ * it is not, the transaction is rolled back. A taken lock lasts until commitRun or until the
+ * connection ends.
+ */
 export async function tryLock(db: pg.ClientBase, cluster: string, name: string): Promise<boolean> {
+  await db.query('BEGIN');
   const r = await db.query<{ locked: boolean }>(
-    'SELECT pg_try_advisory_lock($1, hashtext($2)) AS locked',
+    'SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS locked',
     [STANDALONE_LOCK_CLASS, lockName(cluster, name)],
   );
+  if (!r.rows[0].locked) await db.query('ROLLBACK');
 
   return r.rows[0].locked;
+}
+
+/** Ends the run's transaction, and with it the lock (and writes a runOnce completion). */
+export async function commitRun(db: pg.ClientBase): Promise<void> {
+  await db.query('COMMIT');
 }
 
 export interface LockHolder {
@@ -66,7 +79,7 @@ export async function completedAt(
   return r.rows[0]?.completed_at ?? null;
 }
 
-/** Records that a runOnce process completed; written while its lock is held. */
+/** Records that a runOnce process completed, in the run's transaction (committed with it). */
 export async function recordCompletion(
   db: pg.ClientBase,
   schema: string,

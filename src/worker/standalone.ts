@@ -26,8 +26,10 @@ export interface StandaloneRunnerOptions {
   schema: string;
   /** The agent's pool: reads runOnce completions before starting a process for nothing. */
   db: pg.Pool;
-  /** The lease settings, from which the stop bounds are derived (see stopBounds). */
+  /** The lease settings, from which the stop grace is derived (see stopBounds). */
   lease: { ttlMs: number; renewDeadlineMs: number };
+  /** A run stops by itself when its agent was silent this long (ms), as workers do. */
+  agentSilentMs: number;
   processes: StandaloneConfig[];
   /** True while this agent holds the dispatcher lease. */
   isHolder: () => boolean;
@@ -41,19 +43,15 @@ export interface StandaloneRunnerOptions {
  * runner sees the step-down within TICK_MS and sends SIGTERM, then SIGKILL `graceMs` later:
  * graceMs = max(0, ttlMs − renewDeadlineMs) / 2, so the run is gone by renewDeadlineMs + TICK_MS
  * + graceMs (2.7 s with the defaults: 2 s, 0.2 s, 0.5 s), before the lease can move (3 s). A
- * run whose agent goes silent (paused, hung) stops itself after `agentSilentMs` = renewDeadlineMs
- * of silence plus graceMs: by then its agent, silent as long, has stopped renewing. Neither bound
- * is what keeps two runs apart (the advisory lock is); they keep the new holder's runs from
- * being skipped for long.
+ * run whose agent goes silent (paused, hung) stops itself after `agentSilentMs` of silence
+ * (the workers' bound: the lease, renewed by a thread of its own, is not what a busy agent
+ * loses first) plus graceMs. Neither bound is what keeps two runs apart (the advisory lock
+ * is); they keep the new holder's runs from being skipped for long.
  */
 export function stopBounds(lease: { ttlMs: number; renewDeadlineMs: number }): {
   graceMs: number;
-  agentSilentMs: number;
 } {
-  return {
-    graceMs: Math.floor(Math.max(0, lease.ttlMs - lease.renewDeadlineMs) / 2),
-    agentSilentMs: lease.renewDeadlineMs,
-  };
+  return { graceMs: Math.floor(Math.max(0, lease.ttlMs - lease.renewDeadlineMs) / 2) };
 }
 
 interface Entry {
@@ -87,7 +85,7 @@ export class StandaloneRunner {
   private stopped = false;
 
   constructor(private readonly o: StandaloneRunnerOptions) {
-    this.bounds = stopBounds(o.lease);
+    this.bounds = { ...stopBounds(o.lease), agentSilentMs: o.agentSilentMs };
     this.entries = o.processes.map((p) => ({
       p,
       child: null,
