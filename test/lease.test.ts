@@ -276,6 +276,27 @@ describe('Lease', () => {
     assert.equal(a.isHeld(), false);
   });
 
+  test('a contender tries again right after the holder’s known expiry, not a whole interval later', async () => {
+    const cluster = 'aim';
+    // A holder that dies at once: its row expires 600 ms from now and is never renewed.
+    const dead = await acquire(db.pool, SCHEMA, { cluster, holder: 'dead', ttlMs: 600 });
+    assert.ok(dead?.acquired);
+    const b = makeLease({
+      holder: 'b',
+      cluster,
+      ttlMs: 60_000,
+      renewIntervalMs: 20_000,
+      renewDeadlineMs: 30_000,
+    });
+    const startedAt = Date.now();
+    await b.start();
+    assert.equal(b.isHeld(), false, 'the first attempt finds the lease held');
+    // Far below the 20 s interval: only an attempt aimed at the expiry can explain it.
+    await waitFor('b elected', () => b.isHeld(), 10_000);
+    assert.ok(Date.now() - startedAt < 10_000);
+    assert.ok((b.token()?.epoch ?? 0) > dead.epoch);
+  });
+
   test('a listener that throws does not break the lease', async () => {
     const cluster = 'listener';
     const a = makeLease({ holder: 'a', cluster });

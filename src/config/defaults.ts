@@ -16,11 +16,11 @@ export const Defaults = {
   /** Pampa's own schema in the database. */
   schema: 'pampa',
   /** Lease time to live (ms): another agent may take over this long after the last renewal. */
-  leaseTtlMs: 3000,
+  leaseTtlMs: 2500,
   /** How often the holder renews (ms). */
-  leaseRenewIntervalMs: 700,
+  leaseRenewIntervalMs: 600,
   /** The holder stops dispatching when it has not renewed for this long (ms); < ttl. */
-  leaseRenewDeadlineMs: 2000,
+  leaseRenewDeadlineMs: 1800,
   /** Dispatcher round when nothing wakes it earlier (ms). */
   dispatchIntervalMs: 1000,
   /** How often the dispatcher looks for tasks to relaunch (ms). */
@@ -40,7 +40,7 @@ export const Defaults = {
   /** Adverts older than this are ignored for dispatch (ms). */
   advertTtlMs: 5000,
   /** A node whose registry heartbeat is older than this (and gossip silent) is dead (ms). */
-  nodeDeadAfterMs: 5000,
+  nodeDeadAfterMs: 4000,
   /** Registry heartbeat period (ms). */
   heartbeatIntervalMs: 1000,
   /**

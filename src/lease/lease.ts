@@ -65,10 +65,15 @@ type Outcome<T> = { ok: true; value: T } | { ok: false; err: unknown };
 
 const TIMED_OUT = Symbol('timed out');
 
+/** A contender's attempt aimed at another holder's expiry comes this long after it (ms). */
+const AFTER_EXPIRY_MS = 10;
+/** The shortest wait between two acquire attempts (ms). */
+const MIN_ATTEMPT_GAP_MS = 20;
+
 /**
- * Holds the dispatcher lease of one cluster: tries to acquire it every renewIntervalMs, renews
- * it at the same pace while holding, and steps down when it learns it lost the lease or when
- * renewDeadlineMs passed since the send time of the last successful call, even if the database
+ * Holds the dispatcher lease of one cluster: tries to acquire it every renewIntervalMs (and
+ * right after another holder's term is known to expire), renews it at the same pace while
+ * holding, and steps down when it learns it lost the lease or when renewDeadlineMs passed since the send time of the last successful call, even if the database
  * never answers. Each call is bounded by 80 % of renewIntervalMs (Promise.race plus pg's
  * query_timeout), and at most one call is in flight: while a hung call is pending, attempts
  * are skipped rather than queued on the pool.
@@ -184,8 +189,23 @@ export class Lease extends EventEmitter<LeaseEvents> {
 
     if (!this.running || generation !== this.generation) return;
 
-    const delay = Math.max(0, startedAt + this.options.renewIntervalMs - monoMs());
-    this.tickTimer = setTimeout(() => void this.tick(), delay);
+    this.tickTimer = setTimeout(() => void this.tick(), this.nextDelay(startedAt));
+  }
+
+  /**
+   * renewIntervalMs after the last tick began; a contender that knows when another holder's
+   * term expires (the last answer's msToExpiry, less the time since) tries right after that
+   * instead, so a dead holder is replaced as soon as its lease runs out, not up to an interval
+   * later.
+   */
+  private nextDelay(startedAt: number): number {
+    const regular = Math.max(0, startedAt + this.options.renewIntervalMs - monoMs());
+    const known = this.known;
+    if (this.held || !known || known.holder === null) return regular;
+    const untilExpiry = known.msToExpiry - (monoMs() - known.receivedAt);
+    if (untilExpiry <= 0) return regular;
+
+    return Math.min(regular, Math.max(MIN_ATTEMPT_GAP_MS, untilExpiry + AFTER_EXPIRY_MS));
   }
 
   private async tryAcquire(generation: number): Promise<void> {

@@ -42,7 +42,7 @@ export interface StandaloneRunnerOptions {
  * after its last confirmed renewal, and another agent may take the lease ttlMs after it; the
  * runner sees the step-down within TICK_MS and sends SIGTERM, then SIGKILL `graceMs` later:
  * graceMs = max(0, ttlMs − renewDeadlineMs) / 2, so the run is gone by renewDeadlineMs + TICK_MS
- * + graceMs (2.7 s with the defaults: 2 s, 0.2 s, 0.5 s), before the lease can move (3 s). A
+ * + graceMs (2.35 s with the defaults: 1.8 s, 0.2 s, 0.35 s), before the lease can move (2.5 s). A
  * run whose agent goes silent (paused, hung) stops itself after `agentSilentMs` of silence
  * (the workers' bound: the lease, renewed by a thread of its own, is not what a busy agent
  * loses first) plus graceMs. Neither bound is what keeps two runs apart (the advisory lock
