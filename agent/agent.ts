@@ -272,7 +272,7 @@ export class Agent {
     this.listener = new NewTaskListener(
       url,
       `${this.agentId}/listen`,
-      () => this.dispatcher.kick(),
+      () => this.dispatcher.rowsArrived(),
       this.log,
     );
     this.listener.start();

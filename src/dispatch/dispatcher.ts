@@ -57,6 +57,8 @@ export interface DispatcherOptions {
   nodeTags?: ReadonlyMap<string, readonly string[]>;
   intervalMs: number;
   relaunchScanMs: number;
+  /** Assignments are decided at most this often, besides the cases round() lists (ms). */
+  assignEveryMs?: number;
   log: Logger;
 }
 
@@ -70,8 +72,8 @@ type Fence = { sql: (first: number) => string; params: unknown[]; check: () => v
 /** The lease term a round started with ended (by the local deadline) before one of its writes. */
 class LeaseLost extends Error {}
 
-/** Assignments are decided at most this often, besides when the set of live workers changes. */
-const STRETCH_EVERY_MS = 250;
+/** Default of assignEveryMs. */
+const ASSIGN_EVERY_MS = 250;
 
 /**
  * A round waits this long for its jobs' reservation steps; a step still running then (a slow
@@ -82,15 +84,18 @@ const STEP_WAIT_MS = 1000;
 
 /**
  * Runs while this agent holds the lease. Each round: relaunch and reopen what is due (every
- * relaunchScanMs), assign workers to jobs (elastic assignment, at most every 250 ms), then top
- * every assigned worker's queue up to its job's queueSize. A round runs every intervalMs, and
- * at once when kick() is called (a new row's NOTIFY, a worker that freed slots, an advert).
+ * relaunchScanMs), assign workers to jobs (elastic assignment, at most every 250 ms, and at once
+ * when new rows arrive while a job has no worker), then top every assigned worker's queue up to
+ * its job's queueSize. A round runs every intervalMs, and at once when kick() is called (a worker
+ * that freed slots, an advert) or rowsArrived() (a new row's NOTIFY).
  * Every write carries the lease fence. A broken hook costs its job's step, never the round.
  */
 export class Dispatcher {
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private kicked = false;
+  /** New rows were announced since the last round began. */
+  private arrived = false;
   private looping = false;
   private lastScan = 0;
   private lastStretch = 0;
@@ -126,6 +131,16 @@ export class Dispatcher {
   /** Run a relaunch scan and a round as soon as possible (a node was just declared dead). */
   scanNow(): void {
     this.lastScan = 0;
+    this.kick();
+  }
+
+  /**
+   * New rows were announced (NOTIFY): run a round as soon as possible, and let it assign workers
+   * at once to a job that has none (idle jobs drop their workers), rather than at the next
+   * assignment period.
+   */
+  rowsArrived(): void {
+    this.arrived = true;
     this.kick();
   }
 
@@ -171,6 +186,8 @@ export class Dispatcher {
       },
     };
     this.rounds++;
+    const arrived = this.arrived;
+    this.arrived = false;
     const failuresBefore = this.failures;
     try {
       if (Date.now() - this.lastScan >= this.o.relaunchScanMs) {
@@ -192,7 +209,8 @@ export class Dispatcher {
       if (
         token.epoch !== this.assignedEpoch ||
         liveKey !== this.liveKey ||
-        Date.now() - this.lastStretch >= STRETCH_EVERY_MS
+        Date.now() - this.lastStretch >= (this.o.assignEveryMs ?? ASSIGN_EVERY_MS) ||
+        (arrived && this.someJobUnserved(live))
       ) {
         await this.assign(token, fence, live, selections);
         this.liveKey = liveKey;
@@ -225,6 +243,13 @@ export class Dispatcher {
     } catch (err) {
       this.failed(err, token.epoch);
     }
+  }
+
+  /** Whether some job has no live worker assigned to it. */
+  private someJobUnserved(live: string[]): boolean {
+    const served = new Set(live.map((w) => this.assigned.get(w)));
+
+    return [...this.o.tables.keys()].some((job) => !served.has(job));
   }
 
   private failed(err: unknown, epoch: number): void {
