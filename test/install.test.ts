@@ -9,7 +9,6 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -26,6 +25,7 @@ import { unitFile, unitName } from '../src/install/layout.js';
 import { foreignLibraries, assertShippableRuntime } from '../src/install/runtime.js';
 import { InlineSecretError, assertNoShippedSecrets } from '../src/install/secrets.js';
 import { SshError, SshSession, type SshTarget } from '../src/install/ssh.js';
+import { freePort, removeUser } from './helpers/sshd.js';
 import { SudoError, detectSudo, runSudo, sudoDeadlineMs } from '../src/install/sudo.js';
 
 const canRun =
@@ -51,17 +51,6 @@ let hostKeyFp = '';
 
 function sh(cmd: string, args: string[], input?: string): string {
   return execFileSync(cmd, args, { input, encoding: 'utf8' });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const p = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(p));
-    });
-    srv.on('error', reject);
-  });
 }
 
 function sshdLog(): string {
@@ -92,26 +81,7 @@ async function open(user: string, extra: Partial<SshTarget> = {}): Promise<SshSe
 
 /** Ends what is left of the test users' sessions (by pid), then deletes the users. */
 function removeUsers(): void {
-  for (const u of Object.values(USERS)) {
-    let pids: string[] = [];
-    try {
-      pids = sh('pgrep', ['-u', u]).split('\n').filter(Boolean);
-    } catch {
-      // no process
-    }
-    for (const pid of pids) {
-      try {
-        process.kill(Number(pid), 'SIGKILL');
-      } catch {
-        // gone already
-      }
-    }
-    try {
-      execFileSync('userdel', ['-r', u], { stdio: 'ignore' });
-    } catch {
-      // not there
-    }
-  }
+  for (const u of Object.values(USERS)) removeUser(u);
 }
 
 before(async () => {

@@ -14,22 +14,19 @@ import {
   type LeaseToken,
 } from '../src/lease/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { waitFor as poll } from './helpers/fixture.js';
 import { StallingProxy } from './helpers/db-proxy.js';
 
 const SCHEMA = 'pampa';
 const silent = pino({ level: 'silent' });
 
+/** Polls every 10 ms (lease timings are tight); fails naming `what` after `timeoutMs`. */
 async function waitFor(
   what: string,
   check: () => boolean | Promise<boolean>,
   timeoutMs = 10_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  await poll(what, check, timeoutMs, 10);
 }
 
 function fencedWrite(pool: pg.Pool, token: LeaseToken, id: number): Promise<pg.QueryResult> {

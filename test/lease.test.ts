@@ -15,6 +15,7 @@ import {
   type LeaseOptions,
 } from '../src/lease/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
+import { waitFor as poll } from './helpers/fixture.js';
 
 const SCHEMA = 'pampa';
 
@@ -33,17 +34,13 @@ function captureLog(): { log: Logger; lines: LogLine[] } {
   return { log, lines };
 }
 
+/** Polls every 10 ms (lease timings are tight); fails naming `what` after `timeoutMs`. */
 async function waitFor(
   what: string,
   check: () => boolean | Promise<boolean>,
   timeoutMs = 10_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  await poll(what, check, timeoutMs, 10);
 }
 
 describe('lease statements', () => {
