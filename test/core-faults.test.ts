@@ -1,5 +1,6 @@
 import '../src/polyfills.js';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
 import type pg from 'pg';
 import { cleanUpQa, invariantViolations, setupQa, type QaSetup } from './helpers/core-fixture.js';
@@ -128,6 +129,43 @@ describe('fault regressions with real agents', { concurrency: false }, () => {
     const [task] = await allDone(s);
     assert.deepEqual([task.tries, task.execs], [1, ['ra.1']]);
     assert.ok(logged(agent, 'agent started'));
+  });
+
+  // Found by a newcomer: the worker's init JSON on its command line carried the database URL,
+  // password included, for any local user to read (ps). It goes in the environment now.
+  test('no worker process shows the database URL on its command line', async () => {
+    const s = await setupQa([[1, 'sleep:60000']]);
+    const secretUrl = new URL(s.db.url);
+    secretUrl.password = 'not-in-ps';
+    const agent = s.start('ca', 1, secretUrl.toString());
+    const { pid } = await running(s, 1, 'ca.1');
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    assert.match(cmdline, /worker\/child\.js/);
+    assert.doesNotMatch(cmdline, /not-in-ps|postgres:\/\//);
+    agent.killGroup();
+  });
+
+  // An agent stopping while its database is gone gives up releasing its killed workers' tasks
+  // after a few tries (the dispatcher releases them once the node is taken for dead) instead of
+  // retrying for minutes; found by Ctrl-C on the demo, whose database had stopped first.
+  test('SIGTERM while the database is gone: the agent still stops', async () => {
+    const s = await setupQa([[1, 'sleep:60000']]);
+    const { proxy, url } = await StallingProxy.before(s.db.url);
+    proxies.push(proxy);
+    const agent = s.start('ga', 1, url);
+    await running(s, 1, 'ga.1');
+    await proxy.close();
+
+    const stopping = agent.term();
+    const exit = await waitFor(
+      'the agent to exit',
+      () => Promise.race([stopping, new Promise<null>((r) => setTimeout(() => r(null), 100))]),
+      30_000,
+      0,
+      s.logs,
+    );
+    assert.deepEqual(exit, { code: 0, signal: null }, s.logs());
+    assert.ok(logged(agent, 'agent stopped'));
   });
 
   // Fixed in 3e2b9dd ("deaths judged only on a current registry read"). A dispatcher paused

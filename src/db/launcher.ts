@@ -36,6 +36,11 @@ export interface LocalPostgresOptions {
    * data, which is fine for a test server. Default true.
    */
   fsync?: boolean;
+  /**
+   * Run the server in a process group of its own, so a Ctrl-C in the terminal reaches only the
+   * caller, which then stops its agents before the database. Default false.
+   */
+  ownProcessGroup?: boolean;
 }
 
 /** How long to wait for the first successful connection after spawning `postgres`, in ms. */
@@ -82,7 +87,15 @@ export async function startLocalPostgres(options: LocalPostgresOptions): Promise
     for (let attempt = 1; ; attempt++) {
       const port = options.port ?? (await freePort());
       try {
-        const server = await startServer({ binDir, dataDir, port, fsync, identity, log });
+        const server = await startServer({
+          binDir,
+          dataDir,
+          port,
+          fsync,
+          identity,
+          log,
+          ownProcessGroup: options.ownProcessGroup ?? false,
+        });
         log.info(
           {
             port,
@@ -214,8 +227,14 @@ function freePort(): Promise<number> {
   });
 }
 
-function spawnAs(command: string, args: string[], identity: Identity): ChildProcess {
+function spawnAs(
+  command: string,
+  args: string[],
+  identity: Identity,
+  detached = false,
+): ChildProcess {
   return spawn(command, args, {
+    detached,
     // The caller's cwd may be unreadable for the server user (e.g. /root).
     cwd: tmpdir(),
     // C locale: initdb fails on a LANG that names a locale the machine lacks.
@@ -255,6 +274,7 @@ interface ServerInit {
   fsync: boolean;
   identity: Identity;
   log: Logger;
+  ownProcessGroup: boolean;
 }
 
 async function startServer(init: ServerInit): Promise<LocalPostgres> {
@@ -264,7 +284,7 @@ async function startServer(init: ServerInit): Promise<LocalPostgres> {
   const args = ['-D', dataDir, '-k', dataDir, '-p', String(port)];
   for (const s of settings) args.push('-c', s);
 
-  const child = spawnAs(join(binDir, 'postgres'), args, init.identity);
+  const child = spawnAs(join(binDir, 'postgres'), args, init.identity, init.ownProcessGroup);
   const stderr = new TailBuffer(STDERR_LINES);
   child.stdout?.on('data', (chunk: Buffer) => stderr.push(chunk));
   child.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));

@@ -32,15 +32,17 @@ const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
  * summary that checks exactly half the rows (rounded up) are odd. Returns the exit code.
  */
 export async function runDemo(o: DemoOptions): Promise<number> {
+  const agents: ChildProcess[] = [];
+  const interrupt = new Interrupt(agents);
   let local: LocalPostgres | undefined;
   let url = process.env.DATABASE_URL;
   if (!url) {
     o.log.info('no DATABASE_URL: starting a local PostgreSQL');
-    // A throwaway database: commits need not survive a crash of this machine.
-    local = await startLocalPostgres({ log: o.log, fsync: false });
+    // A throwaway database: commits need not survive a crash of this machine. Its own process
+    // group: Ctrl-C reaches this process, which stops the agents before the database.
+    local = await startLocalPostgres({ log: o.log, fsync: false, ownProcessGroup: true });
     url = local.url;
   }
-  const agents: ChildProcess[] = [];
   const db = createPool({ url, applicationName: 'pampa-demo', max: 2, log: o.log });
   try {
     process.env.DATABASE_URL = url;
@@ -77,9 +79,15 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       if (closed >= counters.total) break;
       if (agents.every((a) => a.exitCode !== null))
         throw new Error('every agent exited; see the logs in ' + logDir);
-      await new Promise((r) => setTimeout(r, 200));
+      await Promise.race([new Promise((r) => setTimeout(r, 200)), interrupt.signalled]);
+      if (interrupt.fired) break;
     }
     bar.stop();
+    if (interrupt.fired) {
+      process.stderr.write('interrupted: stopping the agents\n');
+
+      return 130;
+    }
     const elapsed = (performance.now() - started) / 1000;
     const check = await checkNumbers(db, o.tasks);
     const rows = [
@@ -92,13 +100,56 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     ];
     for (const [k, v] of rows) process.stdout.write(`${String(k).padEnd(18)}${v}\n`);
 
-    if (o.hold) await hold(new NodeRegistry(db, config.schema), config.name);
+    if (o.hold) {
+      await hold(new NodeRegistry(db, config.schema), config.name, url, interrupt.signalled);
+      process.stderr.write('stopping the agents\n');
+    }
 
     return check.ok && counters.failed === 0 ? 0 : 1;
   } finally {
     await Promise.all(agents.map((a) => stopAgent(a)));
     await db.end().catch(() => undefined);
     await local?.stop();
+    interrupt.dispose();
+  }
+}
+
+/**
+ * SIGINT and SIGTERM while the demo runs: the first one ends the run or the hold, and the demo
+ * stops its agents (each drains) and then its database; a second one kills the agents' process
+ * groups at once, and the database is stopped all the same.
+ */
+class Interrupt {
+  fired = false;
+  readonly signalled: Promise<void>;
+  private resolve: () => void = () => undefined;
+  private readonly onSignal = (): void => {
+    if (this.fired) {
+      process.stderr.write('second interrupt: killing the agents\n');
+      for (const a of this.agents) {
+        if (a.pid && a.exitCode === null && a.signalCode === null) {
+          try {
+            process.kill(-a.pid, 'SIGKILL');
+          } catch {
+            // gone already
+          }
+        }
+      }
+      return;
+    }
+    this.fired = true;
+    this.resolve();
+  };
+
+  constructor(private readonly agents: ChildProcess[]) {
+    this.signalled = new Promise((resolve) => (this.resolve = resolve));
+    process.on('SIGINT', this.onSignal);
+    process.on('SIGTERM', this.onSignal);
+  }
+
+  dispose(): void {
+    process.off('SIGINT', this.onSignal);
+    process.off('SIGTERM', this.onSignal);
   }
 }
 
@@ -141,14 +192,32 @@ function stopAgent(child: ChildProcess): Promise<void> {
   });
 }
 
-/** Prints each running agent's status URL, from the node registry in the configured schema. */
-async function hold(registry: NodeRegistry, cluster: string): Promise<void> {
+/**
+ * Prints each running agent's status URL (from the node registry in the configured schema) and
+ * the database's URL, then waits for Ctrl-C.
+ */
+async function hold(
+  registry: NodeRegistry,
+  cluster: string,
+  url: string,
+  interrupted: Promise<void>,
+): Promise<void> {
   const nodes = (await registry.listNodes(cluster)).filter((n) => n.stoppedAt === null);
   process.stdout.write('\nagents are running; press Ctrl-C to stop them\n');
   for (const n of nodes)
     process.stdout.write(`  ${n.name}  ${n.statusUrl ?? '(no status port)'}\n`);
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', () => resolve());
-    process.once('SIGTERM', () => resolve());
-  });
+  process.stdout.write(`database: ${redactPassword(url)}\n`);
+  await interrupted;
+}
+
+/** The URL with its password, if any, replaced by ***. */
+function redactPassword(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+
+    return u.toString();
+  } catch {
+    return '(a DATABASE_URL that is not a URL)';
+  }
 }

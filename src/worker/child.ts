@@ -7,7 +7,7 @@ import { releaseTasks } from '../dispatch/release.js';
 import { HookResults, HookRunner, hookContext, type HookName } from '../hooks/run.js';
 import { componentLogger } from '../log.js';
 import { AgentSilence } from './agent-silence.js';
-import { EXIT_AGENT_SILENT, EXIT_OVERRUN } from './protocol.js';
+import { EXIT_AGENT_SILENT, EXIT_OVERRUN, childDatabaseUrl } from './protocol.js';
 import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
 import { ProgressWriter } from './progress.js';
 import {
@@ -132,7 +132,7 @@ function errorText(err: unknown): string {
 async function main(): Promise<void> {
   const config = await loadConfig(init.configPath);
   const db = createPool({
-    url: init.databaseUrl,
+    url: childDatabaseUrl(),
     applicationName: `${init.agentId}/${init.workerId}`,
     max: 3,
     log,

@@ -22,6 +22,9 @@ const UNRESPONSIVE_MS = 2000;
 /** After the shutdown grace, workers told to stop get this long before they are killed (ms). */
 const STOP_WAIT_MS = 1000;
 
+/** Tries to release a gone worker's tasks while the agent shuts down (about 1.5 s in all). */
+const SHUTDOWN_RELEASE_ATTEMPTS = 5;
+
 export interface WorkerPoolOptions {
   configPath: string;
   databaseUrl: string;
@@ -191,7 +194,6 @@ export class WorkerPool {
       workerId: slot.id,
       job: slot.job,
       agentId: this.o.agentId,
-      databaseUrl: this.o.databaseUrl,
       pollMs: this.o.pollMs,
       agentSilentMs: this.o.agentSilentMs,
     };
@@ -370,8 +372,11 @@ export class WorkerPool {
    * with tasks still held), retrying while the database is down.
    */
   private async releaseOf(s: Slot, reason: string): Promise<void> {
+    // Shutting down, the agent does not wait for a database that is gone: once it has stopped,
+    // its node is taken for dead and the dispatcher releases what it held.
+    const attempts = s.stopping ? SHUTDOWN_RELEASE_ATTEMPTS : 60;
     for (const table of this.o.tables.values()) {
-      for (let attempt = 1; attempt <= 60; attempt++) {
+      for (let attempt = 1; attempt <= attempts; attempt++) {
         try {
           const { rows, ...r } = await releaseTasks(this.o.db, table, {
             reason,
@@ -387,8 +392,8 @@ export class WorkerPool {
           await runRelauncher(this.hooks, table, this.o.db, this.o.log, rows);
           break;
         } catch (err) {
-          if (!isTransientDbError(err)) {
-            this.o.log.error({ err, worker: s.id }, 'release failed');
+          if (!isTransientDbError(err) || attempt === attempts) {
+            this.o.log.error({ err, worker: s.id, attempt }, 'release failed');
             break;
           }
           await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));

@@ -1,4 +1,8 @@
-/** Messages between an agent and its worker processes (Node IPC). */
+/**
+ * Messages between an agent and its worker processes (Node IPC). The init goes on the command
+ * line, which any local user can read: it holds no secret. The database URL (its password with
+ * it) goes in the child's environment as DATABASE_URL, readable by the same user only.
+ */
 
 export interface WorkerInit {
   configPath: string;
@@ -6,7 +10,6 @@ export interface WorkerInit {
   /** The job assigned to this worker when it starts; null: none yet. */
   job: string | null;
   agentId: string;
-  databaseUrl: string;
   pollMs: number;
   /**
    * The worker stops (exits, its running task with it) when no message from its agent came for
@@ -60,3 +63,11 @@ export type FromWorker =
   /** Every 500 ms: whether a task is running and since when (epoch ms). */
   | { t: 'heartbeat'; runningSince: number | null; task: string | null }
   | { t: 'fatal'; message: string };
+
+/** The database URL a child process was given by its agent (DATABASE_URL in its environment). */
+export function childDatabaseUrl(): string {
+  const url = process.env.DATABASE_URL;
+  if (!url) throw new Error('DATABASE_URL is not set: this process is started by a pampa agent');
+
+  return url;
+}

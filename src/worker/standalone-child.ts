@@ -5,6 +5,7 @@ import type { StandaloneConfig } from '../config/schema.js';
 import { createPool } from '../db/pool.js';
 import { componentLogger } from '../log.js';
 import { AgentSilence } from './agent-silence.js';
+import { childDatabaseUrl } from './protocol.js';
 import {
   EXIT_STANDALONE_BUSY,
   EXIT_STANDALONE_DONE,
@@ -58,7 +59,7 @@ async function main(): Promise<number> {
   const p = config.standalone.find((s) => s.name === init.name);
   if (!p) throw new Error(`standalone "${init.name}" is not in ${init.configPath}`);
   const lock = new pg.Client({
-    connectionString: init.databaseUrl,
+    connectionString: childDatabaseUrl(),
     application_name: `${init.agentId}/standalone-lock/${init.name}`.slice(0, 63),
     connectionTimeoutMillis: 5000,
     keepAlive: true,
@@ -96,7 +97,7 @@ async function runLocked(lock: pg.Client, p: StandaloneConfig): Promise<number> 
   const startedAt = new Date();
   const probe = probeLoop(lock);
   const db = createPool({
-    url: init.databaseUrl,
+    url: childDatabaseUrl(),
     applicationName: `${init.agentId}/standalone/${name}`,
     max: 3,
     log,

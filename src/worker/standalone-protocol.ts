@@ -5,7 +5,6 @@ export interface StandaloneInit {
   name: string;
   node: string;
   agentId: string;
-  databaseUrl: string;
   cluster: string;
   /** Pampa's own schema (runOnce completions). */
   schema: string;

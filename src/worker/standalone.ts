@@ -167,7 +167,6 @@ export class StandaloneRunner {
       name: p.name,
       node: this.o.node,
       agentId: this.o.agentId,
-      databaseUrl: this.o.databaseUrl,
       cluster: this.o.cluster,
       schema: this.o.schema,
       ...this.bounds,
