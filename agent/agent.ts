@@ -438,9 +438,12 @@ export class Agent {
     await this.view?.stop().catch(() => undefined);
     await this.releaseLate();
     await this.status?.stop();
-    await this.db?.end().catch((err) => {
-      if (!isTransientDbError(err)) this.log.warn({ err }, 'pool close failed');
-    });
+    // A start that failed has closed the pool already.
+    if (this.db && !this.db.ending && !this.db.ended) {
+      await this.db.end().catch((err) => {
+        if (!isTransientDbError(err)) this.log.warn({ err }, 'pool close failed');
+      });
+    }
     this.log.info('agent stopped');
   }
 }

@@ -1,7 +1,7 @@
 import '../src/polyfills.js';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Defaults } from '../src/config/defaults.js';
@@ -97,7 +97,7 @@ describe('config: defineJob / defineCluster', () => {
         lease: { ttlMs: 1000, renewIntervalMs: 200, renewDeadlineMs: 1000 },
       }),
     );
-    assert.match(m, /lease\.renewDeadlineMs: must be below ttlMs \(1000\), got 1000/);
+    assert.match(m, /lease\.renewDeadlineMs: must be below ttlMs \(1000\) \(got 1000\)$/m);
     assert.match(m, /\(got 1000\)/);
 
     m = configError(() =>
@@ -107,7 +107,10 @@ describe('config: defineJob / defineCluster', () => {
         lease: { ttlMs: 5000, renewIntervalMs: 3000, renewDeadlineMs: 3000 },
       }),
     );
-    assert.match(m, /lease\.renewIntervalMs: must be below renewDeadlineMs \(3000\), got 3000/);
+    assert.match(
+      m,
+      /lease\.renewIntervalMs: must be below renewDeadlineMs \(3000\) \(got 3000\)$/m,
+    );
 
     m = configError(() =>
       defineCluster({ name: 'prod', jobs: [defineJob(job()), defineJob(job())] }),
@@ -211,6 +214,28 @@ export default defineCluster({ name: 'ts', databaseUrl: 'postgres://file/db',
     );
   });
 
+  test('a config importing pampa in a CommonJS project: .ts is refused with the fix, .mts loads', async () => {
+    const project = join(dir, 'cjs-project');
+    mkdirSync(join(project, 'node_modules'), { recursive: true });
+    writeFileSync(join(project, 'package.json'), '{"type":"commonjs"}\n');
+    symlinkSync(ROOT, join(project, 'node_modules', 'pampa'), 'dir');
+    const source = `import { defineCluster, defineJob } from 'pampa';
+export default defineCluster({ name: 'cjs', databaseUrl: 'postgres://file/db',
+  jobs: [defineJob({ name: 'j', table: 't', primaryKey: 'id', run: async () => 1 })] });
+`;
+    writeFileSync(join(project, 'pampa.config.ts'), source);
+    writeFileSync(join(project, 'pampa.config.mts'), source);
+    await assert.rejects(
+      loadConfig(join(project, 'pampa.config.ts')),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        /loads as CommonJS/.test(e.message) &&
+        /\.mjs \(or \.mts\)/.test(e.message) &&
+        /"type": "module"/.test(e.message),
+    );
+    assert.equal((await loadConfig(join(project, 'pampa.config.mts'))).name, 'cjs');
+  });
+
   test('inspectJobTable on a missing column names table, column and existing columns, and writes nothing', async () => {
     await db.pool.query(
       `CREATE TABLE jobs_in (id bigint PRIMARY KEY, body text, mail_reserved_by text)`,
@@ -283,6 +308,36 @@ export default defineCluster({ name: 'ts', databaseUrl: 'postgres://file/db',
       /Id \(option primaryKey\)/,
     );
     assert.deepEqual(await snapshot(), before);
+  });
+
+  test('a database URL that is not one, or names an unreachable server, is explained', async () => {
+    const file = join(dir, 'where.config.js');
+    writeFileSync(
+      file,
+      module(`export default defineCluster({ name: 'where',
+        jobs: [defineJob({ name: 'j', table: 't', primaryKey: 'id', run: async () => 1 })] });`),
+    );
+    const migrate = (url: string) =>
+      new Promise<{ code: number | null; err: string }>((resolve) => {
+        const child = spawn(process.execPath, [CLI, 'migrate', '--config', file], {
+          cwd: ROOT,
+          env: { ...process.env, DATABASE_URL: url, PAMPA_LOG_FORMAT: 'json' },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        let err = '';
+        child.stderr.on('data', (d) => (err += d));
+        child.on('close', (code) => resolve({ code, err }));
+      });
+    const notUrl = await migrate('not a url');
+    assert.equal(notUrl.code, 1);
+    assert.match(notUrl.err, /DATABASE_URL is not a PostgreSQL URL: write it as postgres:\/\//);
+    const refused = await migrate('postgres://postgres:pw@127.0.0.1:1/db');
+    assert.equal(refused.code, 1);
+    assert.match(
+      refused.err,
+      /cannot reach the database at 127\.0\.0\.1:1 \(ECONNREFUSED\): check DATABASE_URL/,
+    );
+    assert.doesNotMatch(refused.err, /pw@/, 'the password is not printed');
   });
 
   test('`pampa migrate` adds the columns; two concurrent runs and a third one all succeed', async () => {

@@ -1,7 +1,7 @@
 import { Agent } from '../../agent/agent.js';
 import { loadConfig } from '../config/load.js';
 import { migrate } from '../db/migrations.js';
-import { createPool, isTransientDbError } from '../db/pool.js';
+import { createPool, isTransientDbError, unreachableHint } from '../db/pool.js';
 import { migrateJobTable } from '../db/user-table.js';
 import { rootLogger } from '../log.js';
 
@@ -57,7 +57,7 @@ export async function runAgentCommand(o: AgentCommandOptions): Promise<void> {
       if (!isTransientDbError(err) || signals > 0) throw err;
       const delay = Math.min(5000, 200 * 2 ** Math.min(attempt, 5));
       log.warn(
-        { err: { message: (err as Error).message }, attempt, delay },
+        { err: { message: (err as Error).message }, hint: unreachableHint(err), attempt, delay },
         'agent start failed; retrying',
       );
       await new Promise((r) => setTimeout(r, delay));

@@ -7,6 +7,7 @@ import { VERSION } from '../version.js';
 import { runAgentCommand, runMigrateCommand } from './commands.js';
 import { runDemo } from '../demo/run.js';
 import { rootLogger } from '../log.js';
+import { unreachableHint } from '../db/pool.js';
 
 function positive(name: string) {
   return (v: string): number => {
@@ -83,5 +84,7 @@ registerInstallCommands(program);
 
 program.parseAsync().catch((err: unknown) => {
   process.stderr.write(`pampa: ${err instanceof Error ? err.message : String(err)}\n`);
+  const hint = unreachableHint(err);
+  if (hint) process.stderr.write(`pampa: ${hint}\n`);
   process.exit(1);
 });

@@ -15,7 +15,15 @@ export async function loadConfig(file: string): Promise<ClusterConfig> {
     throw new ConfigError(`config file ${path} does not exist; pass --config FILE`);
   }
 
-  const mod = (await importModule(path)) as { default?: unknown };
+  const mod = (await importModule(path).catch((err: unknown) => {
+    throw loadedAsCommonJs(err)
+      ? new ConfigError(
+          `config file ${path} loads as CommonJS, and pampa is an ES module package: name it ` +
+            `.mjs (or .mts), or set "type": "module" in the package.json of its project`,
+          { cause: err },
+        )
+      : err;
+  })) as { default?: unknown };
   if (mod.default === undefined) {
     throw new ConfigError(`config file ${path} has no default export; export defineCluster({...})`);
   }
@@ -25,6 +33,12 @@ export async function loadConfig(file: string): Promise<ClusterConfig> {
   if (process.env.PAMPA_CLUSTER_KEY) config.mesh.clusterKey = process.env.PAMPA_CLUSTER_KEY;
   if (!config.databaseUrl) {
     throw new ConfigError(`no database: set databaseUrl in ${path} or the DATABASE_URL variable`);
+  }
+  if (!/^postgres(ql)?:\/\/./.test(config.databaseUrl)) {
+    const from = process.env.DATABASE_URL ? 'DATABASE_URL' : `databaseUrl in ${path}`;
+    throw new ConfigError(
+      `${from} is not a PostgreSQL URL: write it as postgres://user:password@host:5432/database`,
+    );
   }
 
   return config;
@@ -41,4 +55,11 @@ async function importModule(path: string): Promise<unknown> {
   }
 
   return import(pathToFileURL(path).href);
+}
+
+/** Whether a config module failed because it was loaded as CommonJS and required pampa. */
+function loadedAsCommonJs(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+
+  return code === 'ERR_PACKAGE_PATH_NOT_EXPORTED' || code === 'ERR_REQUIRE_ESM';
 }

@@ -293,14 +293,14 @@ export const LeaseSchema = z
       ctx.addIssue({
         code: 'custom',
         path: ['renewIntervalMs'],
-        message: `must be below renewDeadlineMs (${l.renewDeadlineMs}), got ${l.renewIntervalMs}`,
+        message: `must be below renewDeadlineMs (${l.renewDeadlineMs})`,
       });
     }
     if (l.renewDeadlineMs >= l.ttlMs) {
       ctx.addIssue({
         code: 'custom',
         path: ['renewDeadlineMs'],
-        message: `must be below ttlMs (${l.ttlMs}), got ${l.renewDeadlineMs}`,
+        message: `must be below ttlMs (${l.ttlMs})`,
       });
     }
   });

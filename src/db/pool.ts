@@ -74,6 +74,38 @@ export function isTransientDbError(err: unknown): boolean {
   );
 }
 
+/** Network errors that mean the database server cannot be reached at all. */
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+]);
+
+/**
+ * For an error that means the database server cannot be reached: one line naming where it was
+ * looked for, where that address comes from and what to check; null for any other error.
+ */
+export function unreachableHint(err: unknown): string | null {
+  const e = err as { code?: unknown; address?: unknown; port?: unknown; hostname?: unknown };
+  if (!(err instanceof Error) || typeof e.code !== 'string' || !UNREACHABLE_CODES.has(e.code)) {
+    return null;
+  }
+  const where =
+    typeof e.hostname === 'string'
+      ? `host "${e.hostname}" (${e.code === 'ENOTFOUND' ? 'no such host' : e.code})`
+      : typeof e.address === 'string'
+        ? `${e.address}:${String(e.port ?? '')} (${e.code})`
+        : e.code;
+
+  return (
+    `cannot reach the database at ${where}: check DATABASE_URL, or databaseUrl in the config, ` +
+    'and that PostgreSQL runs there and accepts TCP connections from this machine'
+  );
+}
+
 /**
  * Runs `fn` inside a transaction on one client of the pool. While checked out, a client whose
  * connection dies emits 'error' with nobody listening, which would kill the process; the
