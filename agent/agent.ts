@@ -317,11 +317,13 @@ export class Agent {
       : this.pool
           .states()
           .filter((w) => w.pid !== null)
-          .map((w) => ({ id: w.id, job: w.job, freeSlots: w.responsive ? 1 : 0 }));
+          .map((w) => ({ id: w.id, job: w.job, freeSlots: w.responsive ? 1 : 0, busy: w.busy }));
     const remote = this.view
       .liveAdverts()
       .filter((a) => a.node !== this.node)
-      .flatMap((a) => a.workers.map((w) => ({ id: w.id, job: w.job, freeSlots: w.freeSlots })));
+      .flatMap((a) =>
+        a.workers.map((w) => ({ id: w.id, job: w.job, freeSlots: w.freeSlots, busy: w.busy })),
+      );
 
     return [...local, ...remote];
   }

@@ -33,6 +33,8 @@ export interface EligibleWorker {
   job?: string | null;
   /** Free slots the worker's agent advertised; the database count is authoritative. */
   freeSlots: number;
+  /** Running a task, as its agent last said: its queue waits behind that task. */
+  busy?: boolean;
 }
 
 export interface DispatcherOptions {
@@ -198,6 +200,7 @@ export class Dispatcher {
       const live = [...new Set(eligible.map((w) => w.id))].sort();
       // A worker that serves a job but offers no slot is paused or stuck: it keeps its job and
       // its queue, and gets nothing more until it is heard from again.
+      const busy = new Set(eligible.filter((w) => w.busy === true).map((w) => w.id));
       const stalled = new Set(
         eligible.filter((w) => w.freeSlots === 0 && w.job != null).map((w) => w.id),
       );
@@ -224,7 +227,7 @@ export class Dispatcher {
         if (workers.length === 0) continue;
         fence.check();
         const step = this.isolated(table, 'selecting', () =>
-          this.reserve(job, table, workers, selection, fence, token.epoch),
+          this.reserve(job, table, workers, busy, selection, fence, token.epoch),
         )
           .then(
             () => undefined,
@@ -344,6 +347,7 @@ export class Dispatcher {
     job: string,
     table: JobTable,
     workers: string[],
+    busy: ReadonlySet<string>,
     selection: FreeRowSelection,
     fence: Fence,
     epoch: number,
@@ -374,16 +378,23 @@ export class Dispatcher {
       );
       open = open.filter((_, i) => got[i].ok && got[i].value);
     }
-    // Slow hooks may have outlasted an assignment change: only the job's workers still.
-    const slots: string[] = [];
+    // Slow hooks may have outlasted an assignment change: only the job's workers still. Each
+    // slot has a place in its worker's line (its queued tasks, and the running one, come
+    // first); the rows go to the slots nearest the front, so a new row goes to an idle worker
+    // rather than behind a running task, and a round's rows spread across the workers.
+    const lined: { w: string; place: number }[] = [];
     for (const w of open) {
       if (this.assigned.get(w) !== job) continue;
-      for (let i = j.queueSize - (queued.get(w) ?? 0); i > 0; i--) slots.push(w);
+      const ahead = (queued.get(w) ?? 0) + (busy.has(w) ? 1 : 0);
+      for (let i = 0; i < j.queueSize - (queued.get(w) ?? 0); i++) {
+        lined.push({ w, place: ahead + i });
+      }
     }
-    if (slots.length === 0) return;
+    if (lined.length === 0) return;
+    const slots = lined.sort((a, b) => a.place - b.place).map((s) => s.w);
     fence.check();
     const t0 = performance.now();
-    const given = await reserveTasks(this.o.db, table, interleave(slots), fence, selection);
+    const given = await reserveTasks(this.o.db, table, slots, fence, selection);
     const n = [...given.values()].reduce((a, b) => a + b, 0);
     this.o.onRound?.(job, (performance.now() - t0) / 1000, n);
     if (n > 0) {
@@ -503,23 +514,4 @@ export class Dispatcher {
     this.o.onRelaunched?.(job, reason, n);
     await runRelauncher(this.hooks, table, this.o.db, this.o.log, rows);
   }
-}
-
-/** Spreads slots so that a short batch of free rows is shared among workers, not given to one. */
-function interleave(slots: string[]): string[] {
-  const byWorker = new Map<string, number>();
-  for (const s of slots) byWorker.set(s, (byWorker.get(s) ?? 0) + 1);
-  const out: string[] = [];
-  let left = true;
-  for (let round = 0; left; round++) {
-    left = false;
-    for (const [w, n] of byWorker) {
-      if (round < n) {
-        out.push(w);
-        left = true;
-      }
-    }
-  }
-
-  return out;
 }
