@@ -181,16 +181,21 @@ describe('fault regressions with real agents', { concurrency: false }, () => {
     const dispatcher = s.start('dd', 1);
     const ddStatus = await statusUrl(dispatcher);
     const other = s.start('dw', 1);
+    const dwStatus = await statusUrl(other);
     await running(s, 1, 'dw.1');
-    await waitFor('dd dispatching and hearing dw', async () => {
-      const st = (await (await fetch(`${ddStatus}/status`)).json()) as {
+    const view = async (url: string) =>
+      (await (await fetch(`${url}/status`)).json()) as {
         role: string;
         nodes: { name: string; state: string }[];
       };
+    const hears = (st: { nodes: { name: string; state: string }[] }, node: string) =>
+      st.nodes.some((n) => n.name === node && n.state === 'alive');
+    // Each must have heard the other's adverts: a node never heard through gossip is taken for
+    // dead only at three times the limit, which this pause does not reach.
+    await waitFor('dd dispatching, and dd and dw hearing each other', async () => {
+      const [d, w] = await Promise.all([view(ddStatus), view(dwStatus)]);
 
-      return (
-        st.role === 'dispatcher' && st.nodes.some((n) => n.name === 'dw' && n.state === 'alive')
-      );
+      return d.role === 'dispatcher' && hears(d, 'dw') && hears(w, 'dd');
     });
 
     process.kill(dispatcher.pid, 'SIGSTOP');
