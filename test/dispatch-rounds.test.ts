@@ -2,7 +2,6 @@ import '../src/polyfills.js';
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { pino } from 'pino';
-import { defineJob } from '../src/config/define.js';
 import { migrate } from '../src/db/migrations.js';
 import { inspectJobTable, type JobTable } from '../src/db/table.js';
 import { migrateJobTable } from '../src/db/user-table.js';
@@ -10,7 +9,7 @@ import { readAssignments } from '../src/dispatch/assignments.js';
 import { Dispatcher, type EligibleWorker } from '../src/dispatch/dispatcher.js';
 import { acquire, type LeaseToken } from '../src/lease/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
-import { QA_COLUMNS, QA_TASK_SQL, waitFor } from './helpers/fixture.js';
+import { QA_TASK_SQL, qaJob, waitFor } from './helpers/fixture.js';
 
 /**
  * Dispatcher rounds against a real database, one round at a time: the lease is held for an
@@ -36,13 +35,7 @@ describe('dispatcher rounds', () => {
     const lease = await acquire(db.pool, SCHEMA, { cluster: CLUSTER, holder: 'me', ttlMs: HOUR });
     assert.ok(lease?.acquired);
     token = { cluster: CLUSTER, holder: 'me', epoch: lease.epoch };
-    const job = defineJob({
-      name: 'qa',
-      table: 'qa_task',
-      primaryKey: 'id',
-      columns: QA_COLUMNS,
-      run: () => undefined,
-    });
+    const job = qaJob();
     await migrateJobTable(db.pool, job, SCHEMA, silent);
     table = await inspectJobTable(db.pool, job);
   });

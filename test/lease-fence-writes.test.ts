@@ -2,7 +2,6 @@ import '../src/polyfills.js';
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { pino } from 'pino';
-import { defineJob } from '../src/config/define.js';
 import { migrate } from '../src/db/migrations.js';
 import { inspectJobTable, type JobTable } from '../src/db/table.js';
 import { migrateJobTable } from '../src/db/user-table.js';
@@ -18,7 +17,7 @@ import {
   type LeaseToken,
 } from '../src/lease/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
-import { QA_COLUMNS, QA_TASK_SQL } from './helpers/fixture.js';
+import { QA_TASK_SQL, qaJob } from './helpers/fixture.js';
 
 /**
  * Every dispatcher write, run for real against a lease row moved by the real acquire and
@@ -51,15 +50,7 @@ describe('dispatcher writes under a stale, foreign or expired lease', () => {
     db = await createTestDatabase();
     await migrate(db.pool, SCHEMA);
     await db.pool.query(QA_TASK_SQL);
-    const job = defineJob({
-      name: 'qa',
-      table: 'qa_task',
-      primaryKey: 'id',
-      columns: QA_COLUMNS,
-      maxTryTimes: 3,
-      retryBackoffSeconds: 0,
-      run: () => undefined,
-    });
+    const job = qaJob({ maxTryTimes: 3, retryBackoffSeconds: 0 });
     await migrateJobTable(db.pool, job, SCHEMA, silent);
     t = await inspectJobTable(db.pool, job);
   });

@@ -2,7 +2,6 @@ import '../src/polyfills.js';
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { pino } from 'pino';
-import { defineJob } from '../src/config/define.js';
 import type { JobInput } from '../src/config/schema.js';
 import { migrate } from '../src/db/migrations.js';
 import { inspectJobTable, type JobTable } from '../src/db/table.js';
@@ -11,7 +10,7 @@ import { readAssignments } from '../src/dispatch/assignments.js';
 import { Dispatcher } from '../src/dispatch/dispatcher.js';
 import { acquire, leasesTable, type LeaseToken } from '../src/lease/index.js';
 import { createTestDatabase, type TestDatabase } from './helpers/database.js';
-import { QA_COLUMNS, QA_TASK_SQL } from './helpers/fixture.js';
+import { QA_TASK_SQL, qaJob } from './helpers/fixture.js';
 
 /**
  * The dispatcher re-checks its lease locally right before each write: when the term ends (by
@@ -59,16 +58,7 @@ describe('dispatcher writes after a hook that outlived the lease term', () => {
   };
 
   async function table(hooks: Partial<JobInput>): Promise<JobTable> {
-    const job = defineJob({
-      name: 'qa',
-      table: 'qa_task',
-      primaryKey: 'id',
-      columns: QA_COLUMNS,
-      maxTryTimes: 3,
-      retryBackoffSeconds: 0,
-      run: () => undefined,
-      ...hooks,
-    });
+    const job = qaJob({ maxTryTimes: 3, retryBackoffSeconds: 0, ...hooks });
     await migrateJobTable(db.pool, job, SCHEMA, silent);
 
     return inspectJobTable(db.pool, job);

@@ -11,6 +11,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type pg from 'pg';
 import { pino } from 'pino';
 import { defineJob } from '../../src/config/define.js';
+import type { JobInput } from '../../src/config/schema.js';
 import { migrateJobTable } from '../../src/db/user-table.js';
 import type { Logger } from '../../src/log.js';
 
@@ -95,19 +96,24 @@ export async function createQaTables(db: pg.Pool): Promise<void> {
   await db.query(QA_TABLES_SQL);
 }
 
-/** What `pampa migrate` does for the qa job: its index and new-row trigger on qa_task. */
-export async function migrateQaJob(
-  db: pg.Pool,
-  log: Logger = pino({ level: 'silent' }),
-): Promise<void> {
-  const job = defineJob({
+/** The qa job over qa_task, with Fixture F's columns and `extra` options. */
+export function qaJob(extra: Partial<JobInput> = {}): ReturnType<typeof defineJob> {
+  return defineJob({
     name: 'qa',
     table: 'qa_task',
     primaryKey: 'id',
     columns: QA_COLUMNS,
     run: () => undefined,
+    ...extra,
   });
-  await migrateJobTable(db, job, 'pampa', log);
+}
+
+/** What `pampa migrate` does for the qa job: its index and new-row trigger on qa_task. */
+export async function migrateQaJob(
+  db: pg.Pool,
+  log: Logger = pino({ level: 'silent' }),
+): Promise<void> {
+  await migrateJobTable(db, qaJob(), 'pampa', log);
 }
 
 /** Cluster timings for tests: a 1.5 s lease, adverts every 0.3 s, rounds every 0.2 s. */
