@@ -1,7 +1,7 @@
 import '../src/polyfills.js';
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { stopBounds } from '../src/worker/standalone.js';
+import { stopGraceMs } from '../src/worker/standalone.js';
 import type { AgentProcess } from './helpers/fixture.js';
 import { cleanUp, scalar, setupJobs, waitFor, type JobsSetup } from './helpers/jobs.js';
 
@@ -50,7 +50,7 @@ function clusterWith(standalone: string[]): Parameters<typeof setupJobs>[0] {
     sql: RUNS_SQL,
     migrate: [{ name: 'noop', table: 'noop', primaryKey: 'id' }],
     // A lease of 3 s renewed within 1 s: runs stop after 1 s of agent silence, and an aborted
-    // run has (3 − 1) / 2 = 1 s to write its end (stopBounds).
+    // run has (3 − 1) / 2 = 1 s to write its end (stopGraceMs).
     body: `
       lease: { ttlMs: 3000, renewIntervalMs: 300, renewDeadlineMs: 1000 },
       standalone: [${standalone.join(',\n')}],
@@ -185,8 +185,8 @@ describe('standalone processes', { concurrency: false }, () => {
   );
 
   test('the stop bounds come before the lease can move', () => {
-    assert.deepEqual(stopBounds({ ttlMs: 3000, renewDeadlineMs: 2000 }), { graceMs: 500 });
-    assert.deepEqual(stopBounds({ ttlMs: 1000, renewDeadlineMs: 1000 }).graceMs, 0);
+    assert.equal(stopGraceMs({ ttlMs: 3000, renewDeadlineMs: 2000 }), 500);
+    assert.equal(stopGraceMs({ ttlMs: 1000, renewDeadlineMs: 1000 }), 0);
   });
 
   test(

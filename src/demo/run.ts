@@ -40,7 +40,12 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     o.log.info('no DATABASE_URL: starting a local PostgreSQL');
     // A throwaway database: commits need not survive a crash of this machine. Its own process
     // group: Ctrl-C reaches this process, which stops the agents before the database.
-    local = await startLocalPostgres({ log: o.log, fsync: false, ownProcessGroup: true });
+    local = await startLocalPostgres({ log: o.log, fsync: false, ownProcessGroup: true }).catch(
+      (err: unknown) => {
+        interrupt.dispose();
+        throw err;
+      },
+    );
     url = local.url;
   }
   const db = createPool({ url, applicationName: 'pampa-demo', max: 2, log: o.log });

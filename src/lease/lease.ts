@@ -73,8 +73,8 @@ const MIN_ATTEMPT_GAP_MS = 20;
 /**
  * Holds the dispatcher lease of one cluster: tries to acquire it every renewIntervalMs (and
  * right after another holder's term is known to expire), renews it at the same pace while
- * holding, and steps down when it learns it lost the lease or when renewDeadlineMs passed since the send time of the last successful call, even if the database
- * never answers. Each call is bounded by 80 % of renewIntervalMs (Promise.race plus pg's
+ * holding, and steps down when it learns it lost the lease or when renewDeadlineMs passed since
+ * the send time of the last successful call, even if the database never answers. Each call is bounded by 80 % of renewIntervalMs (Promise.race plus pg's
  * query_timeout), and at most one call is in flight: while a hung call is pending, attempts
  * are skipped rather than queued on the pool.
  *

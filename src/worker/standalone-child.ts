@@ -23,9 +23,9 @@ import {
 /**
  * One run of a standalone process, in a process of its own so that its code never blocks the
  * agent. It takes the process's advisory lock, in a transaction kept open on a connection of
- * its own, before calling the function: while another instance holds it, this run is skipped. The run is aborted
- * (ctx.signal), and the process exits `graceMs` later, when that connection is lost (the lock
- * with it), when its agent stops it (SIGTERM) and when its agent goes silent.
+ * its own, before calling the function: while another instance holds it, this run is skipped.
+ * The run is aborted (ctx.signal), and the process exits `graceMs` later, when that connection
+ * is lost (the lock with it), when its agent stops it (SIGTERM) and when its agent goes silent.
  */
 
 /** How often the lock connection is checked while the run goes (ms). */

@@ -26,7 +26,7 @@ export interface StandaloneRunnerOptions {
   schema: string;
   /** The agent's pool: reads runOnce completions before starting a process for nothing. */
   db: pg.Pool;
-  /** The lease settings, from which the stop grace is derived (see stopBounds). */
+  /** The lease settings, from which the stop grace is derived (see stopGraceMs). */
   lease: { ttlMs: number; renewDeadlineMs: number };
   /** A run stops by itself when its agent was silent this long (ms), as workers do. */
   agentSilentMs: number;
@@ -48,10 +48,8 @@ export interface StandaloneRunnerOptions {
  * loses first) plus graceMs. Neither bound is what keeps two runs apart (the advisory lock
  * is); they keep the new holder's runs from being skipped for long.
  */
-export function stopBounds(lease: { ttlMs: number; renewDeadlineMs: number }): {
-  graceMs: number;
-} {
-  return { graceMs: Math.floor(Math.max(0, lease.ttlMs - lease.renewDeadlineMs) / 2) };
+export function stopGraceMs(lease: { ttlMs: number; renewDeadlineMs: number }): number {
+  return Math.floor(Math.max(0, lease.ttlMs - lease.renewDeadlineMs) / 2);
 }
 
 interface Entry {
@@ -85,7 +83,7 @@ export class StandaloneRunner {
   private stopped = false;
 
   constructor(private readonly o: StandaloneRunnerOptions) {
-    this.bounds = { ...stopBounds(o.lease), agentSilentMs: o.agentSilentMs };
+    this.bounds = { graceMs: stopGraceMs(o.lease), agentSilentMs: o.agentSilentMs };
     this.entries = o.processes.map((p) => ({
       p,
       child: null,
